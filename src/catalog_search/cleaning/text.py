@@ -1,0 +1,47 @@
+"""Title normalisation by rules: the patterns come from params.yaml (clean.title), not from code."""
+from __future__ import annotations
+
+import html
+import re
+import unicodedata
+from dataclasses import dataclass
+
+_TAG = re.compile(r"<[^>]+>")
+_SYMBOLS = re.compile(r"[®™©℠]")  # before NFKC, which would turn ™ into the letters "TM"
+_SEPARATORS = re.compile(r"\s*[|,;/]\s*|\s+[-–—]\s+")
+_SPACE = re.compile(r"\s+")
+
+
+@dataclass(frozen=True)
+class TitleRules:
+    """Compiled removal rules: brand names (matched as whole words) and regex patterns."""
+
+    patterns: tuple[re.Pattern, ...]
+
+    @classmethod
+    def from_params(cls, cfg: dict) -> "TitleRules":
+        brands = [re.escape(b) for b in cfg.get("brands", [])]
+        sources = ([rf"(?<!\w)(?:{'|'.join(brands)})(?!\w)"] if brands else []) + list(cfg.get("remove", []))
+        return cls(tuple(re.compile(p, re.IGNORECASE) for p in sources))
+
+
+def _capitalise(word: str) -> str:
+    return word[:1].upper() + word[1:].lower()
+
+
+def clean_title(raw: str, rules: TitleRules) -> str:
+    """Strip markup, brands, SKUs, prices, pack sizes and shipping text; fix shouting case."""
+    text = unicodedata.normalize("NFKC", _SYMBOLS.sub(" ", html.unescape(raw or "")))
+    text = _TAG.sub(" ", text)
+    for pattern in rules.patterns:
+        text = pattern.sub(" ", text)
+    text = _SPACE.sub(" ", _SEPARATORS.sub(" ", text)).strip(" -–—.")
+    if text.isupper():
+        text = " ".join(_capitalise(w) for w in text.split(" "))
+    return text
+
+
+def assemble_captions(title: str, source_captions: list[str], description: str | None) -> list[str]:
+    """Several texts per image (caption augmentation): title, the source's captions, description."""
+    texts = [title, *source_captions, description or ""]
+    return list(dict.fromkeys(t.strip() for t in texts if t and t.strip()))

@@ -1,0 +1,38 @@
+"""params.yaml access and up-front validation.
+
+Every stage reads its own section; `check_choice` fails before any work starts when a value is
+not one the code knows, listing the valid ones.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+
+class ParamsError(ValueError):
+    """A params.yaml value is invalid; the message names the key and the valid values."""
+
+
+def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def check_choice(key: str, value: Any, valid: Iterable[str]) -> None:
+    valid = list(valid)
+    if value not in valid:
+        raise ParamsError(f"params.yaml: {key}={value!r} is not valid; choose one of {valid}")
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """Return `base` with `override` applied recursively (override wins), both left intact."""
+    out = copy.deepcopy(base)
+    for key, value in (override or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out

@@ -1,0 +1,111 @@
+"""Splits (group-aware, stratified where it can) and WebDataset shards with a manifest."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import webdataset as wds
+from PIL import Image
+from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
+
+from catalog_search import catalog
+from catalog_search.catalog import ATTRIBUTES, CatalogError
+from catalog_search.io import write_json
+
+SPLITS = ["train", "val", "test", "mini_train"]
+
+
+def _holdout(df: pd.DataFrame, frac: float, stratify: str | None, seed: int) -> np.ndarray:
+    """Boolean mask of a ~`frac` holdout that keeps every group on one side."""
+    groups = df["group_id"].to_numpy()
+    n_splits = max(2, round(1 / frac))
+    if stratify and df[stratify].notna().any() and pd.Series(groups).nunique() >= n_splits:
+        labels = df[stratify].fillna("unknown").astype(str).to_numpy()
+        splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        _, hold = next(splitter.split(np.zeros(len(df)), labels, groups))
+    else:  # too few groups or no labels to stratify by
+        _, hold = next(GroupShuffleSplit(n_splits=1, test_size=frac, random_state=seed).split(df, groups=groups))
+    mask = np.zeros(len(df), bool)
+    mask[hold] = True
+    return mask
+
+
+def assign_splits(df: pd.DataFrame, val_frac: float, test_frac: float, stratify: str | None, seed: int) -> pd.Series:
+    """train / val / test per row; no group crosses splits."""
+    if df["group_id"].nunique() < 3:
+        raise CatalogError(f"only {df['group_id'].nunique()} product group(s); need at least 3 to split train/val/test")
+    split = pd.Series("train", index=df.index, dtype="string")
+    test = _holdout(df, test_frac, stratify, seed)
+    split[test] = "test"
+    rest = df[~test]
+    val = _holdout(rest, val_frac / (1 - test_frac), stratify, seed + 1)
+    split[rest.index[val]] = "val"
+    return split
+
+
+def sample_record(row: pd.Series, image_bytes: bytes) -> dict:
+    """One WebDataset sample: the image plus a JSON of captions and attributes."""
+    ext = Path(row["image_path"]).suffix.lstrip(".").lower()
+    meta = {k: (row[k] if not pd.isna(row[k]) else None) for k in ["product_id", "title", "description", "query", "group_id", *ATTRIBUTES]}
+    meta["captions"] = list(row["captions"])
+    return {"__key__": Path(row["image_path"]).stem, ext: image_bytes, "json": json.dumps(meta).encode()}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_shards(df: pd.DataFrame, catalog_path: Path, out_dir: Path, samples_per_shard: int) -> dict:
+    """Write `<split>-NNNNNN.tar` per split (plus mini_train) and return the manifest."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest: dict = {"samples_per_shard": samples_per_shard, "splits": {}}
+    for split in SPLITS:
+        part = df[df["split"] == split] if split != "mini_train" else df[df["mini_train"]]
+        written: list[str] = []
+        with wds.ShardWriter(str(out_dir / f"{split}-%06d.tar"), maxcount=samples_per_shard, mtime=0,
+                             verbose=0, post=written.append) as sink:
+            for _, row in part.iterrows():
+                sink.write(sample_record(row, catalog.resolve_image(catalog_path, row["image_path"]).read_bytes()))
+        counts = [sum(1 for _ in wds.WebDataset(f, shardshuffle=False, empty_check=False)) for f in written]
+        manifest["splits"][split] = {
+            "samples": len(part),
+            "groups": int(part["group_id"].nunique()),
+            "by_category": {str(k): int(v) for k, v in part["category"].fillna("unknown").value_counts().sort_index().items()},
+            "shards": [{"file": Path(f).name, "samples": n, "sha256": _sha256(Path(f))} for f, n in zip(written, counts)],
+        }
+    return manifest
+
+
+def shard_urls(shard_dir: Path, split: str) -> list[str]:
+    """The shard files of a split, from the manifest (so a stray tar is never read)."""
+    manifest = json.loads((shard_dir / "manifest.json").read_text())
+    if split not in manifest["splits"]:
+        raise CatalogError(f"{shard_dir}/manifest.json has no split {split!r}; splits: {list(manifest['splits'])}")
+    return [str(shard_dir / s["file"]) for s in manifest["splits"][split]["shards"]]
+
+
+def iter_samples(shard_dir: Path, split: str) -> Iterator[dict]:
+    """Samples of a split in shard order: key, encoded image bytes, and the JSON metadata."""
+    urls = shard_urls(shard_dir, split)
+    if not urls:
+        return
+    for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
+        image_key = next(k for k in sample if k in ("jpg", "jpeg", "png", "webp"))
+        yield {"key": sample["__key__"], "image": sample[image_key], **json.loads(sample["json"])}
+
+
+def decode_image(data: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+def save_manifest(out_dir: Path, manifest: dict) -> None:
+    write_json(out_dir / "manifest.json", manifest)

@@ -1,0 +1,76 @@
+"""Retrieval metrics with several positives per query, named as in open_clip's logs.
+
+A query is a hit at k when any of its positives is in the top k: an image has several
+captions, and one caption ("Red Dress") may describe several products. numpy only, so the
+evaluate stage starts without torch.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+KS = (1, 5, 10)
+
+
+class Positives:
+    """Sparse query -> positive-document lists (CSR), both directions from one caption table."""
+
+    def __init__(self, indptr: np.ndarray, indices: np.ndarray):
+        self.indptr, self.indices = indptr, indices
+
+    @classmethod
+    def from_lists(cls, lists: Sequence[Sequence[int]]) -> "Positives":
+        lengths = np.array([len(x) for x in lists])
+        if (lengths == 0).any():
+            raise ValueError(f"query {int(np.argmin(lengths))} has no positive")
+        indptr = np.concatenate([[0], np.cumsum(lengths)])
+        return cls(indptr, np.concatenate([np.asarray(x, np.int64) for x in lists]))
+
+
+def caption_positives(captions: Sequence[Sequence[str]]) -> tuple[list[str], Positives, Positives]:
+    """Unique texts, image -> text positives and text -> image positives."""
+    texts: dict[str, int] = {}
+    image_to_text = [[texts.setdefault(t, len(texts)) for t in dict.fromkeys(caps)] for caps in captions]
+    text_to_image: list[list[int]] = [[] for _ in texts]
+    for i, ids in enumerate(image_to_text):
+        for t in ids:
+            text_to_image[t].append(i)
+    return list(texts), Positives.from_lists(image_to_text), Positives.from_lists(text_to_image)
+
+
+def ranks(queries: np.ndarray, docs: np.ndarray, positives: Positives, chunk: int = 2048) -> np.ndarray:
+    """1-based rank of each query's best-ranked positive (ties count in the query's favour)."""
+    out = np.empty(len(queries), np.int64)
+    for s in range(0, len(queries), chunk):
+        e = min(s + chunk, len(queries))
+        sims = queries[s:e] @ docs.T
+        lo, hi = positives.indptr[s], positives.indptr[e]
+        rows = np.repeat(np.arange(e - s), np.diff(positives.indptr[s:e + 1]))
+        best = np.full(e - s, -np.inf, sims.dtype)
+        np.maximum.at(best, rows, sims[rows, positives.indices[lo:hi]])
+        out[s:e] = 1 + (sims > best[:, None]).sum(1)
+    return out
+
+
+def rank_metrics(r: np.ndarray, prefix: str, ks: Sequence[int] = KS) -> dict[str, float]:
+    m = {f"{prefix}_R@{k}": float(np.mean(r <= k)) for k in ks}
+    m[f"{prefix}_mean_rank"] = float(r.mean())
+    m[f"{prefix}_median_rank"] = float(np.floor(np.median(r)))
+    m[f"{prefix}_mrr"] = float(np.mean(1.0 / r))
+    return m
+
+
+def retrieval_metrics(image_emb: np.ndarray, text_emb: np.ndarray, i2t: Positives, t2i: Positives,
+                      ks: Sequence[int] = KS) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """open_clip-named metrics for both directions, plus the raw ranks (for recall@k curves)."""
+    r = {"image_to_text": ranks(image_emb, text_emb, i2t), "text_to_image": ranks(text_emb, image_emb, t2i)}
+    metrics: dict[str, float] = {}
+    for prefix, rk in r.items():
+        metrics.update(rank_metrics(rk, prefix, ks))
+    return {k: round(v, 4) for k, v in metrics.items()}, r
+
+
+def recall_curve(r: dict[str, np.ndarray], max_k: int) -> list[dict[str, float]]:
+    """Rows of recall@k for k = 1..max_k, one column per direction (a `dvc plots` table)."""
+    return [{"k": k, **{d: round(float(np.mean(rk <= k)), 4) for d, rk in r.items()}} for k in range(1, max_k + 1)]

@@ -1,0 +1,51 @@
+"""Batched encoding of images and texts, with or without the projection; device and autocast."""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Callable, Sequence
+
+import torch
+import torch.nn as nn
+from PIL import Image
+from tqdm import tqdm
+
+from catalog_search.models.towers import find_towers, projection_removed
+
+
+def pick_device() -> torch.device:
+    """cuda, then mps, then cpu: every stage runs anywhere and uses an accelerator when present."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on GPU; full precision on CPU (where bf16 matmuls are slower here)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def image_batch(preprocess: Callable, images: Sequence[Image.Image], device: torch.device) -> torch.Tensor:
+    return torch.stack([preprocess(im) for im in images]).to(device, non_blocking=True)
+
+
+@torch.no_grad()
+def encode(model: nn.Module, tower: str, items: Sequence, to_input: Callable, batch_size: int,
+           device: torch.device, projected: bool = True, desc: str | None = None) -> torch.Tensor:
+    """Encode `items` (PIL images or strings) with one tower; float32 rows on the CPU.
+
+    `projected=False` returns the tower's features before its projection: what a frozen tower
+    contributes, computed once and reused every epoch.
+    """
+    fn = model.encode_image if tower == "image" else model.encode_text
+    ctx = nullcontext() if projected else projection_removed(model, find_towers(model)[tower])
+    out = []
+    with ctx:
+        for start in tqdm(range(0, len(items), batch_size), desc=desc or f"encode {tower}", unit="batch",
+                          disable=desc is None):
+            with autocast(device):
+                out.append(fn(to_input(items[start:start + batch_size])).float().cpu())
+    return torch.cat(out) if out else torch.empty(0)

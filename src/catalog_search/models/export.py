@@ -1,0 +1,58 @@
+"""What a trained scenario leaves on disk, in formats other tools load without this project.
+
+models/<scenario>/
+  adapter/        peft format (adapter_config.json + adapter_model.safetensors), LoRA scenarios only
+  trained.safetensors   the trained non-LoRA weights (projections, logit scale/bias; all of them for `full`)
+  merged/         LoRA merged in: open_clip_config.json + open_clip_model.safetensors (+ tokenizer files,
+                  + <model name>.json for open_clip.add_model_config); open_clip.create_model loads it
+  model_card.json
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch.nn as nn
+from peft import get_peft_model_state_dict
+from peft.tuners.lora import LoraModel
+from safetensors.torch import save_file
+
+from catalog_search.io import write_json
+from catalog_search.models.registry import ModelBundle
+from catalog_search.models.lora import ADAPTER
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+
+
+def _tensors(state: dict) -> dict:
+    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+
+def save_model(out_dir: Path, bundle: ModelBundle, wrapper: LoraModel | None, card: dict) -> nn.Module:
+    """Write every artefact of a trained scenario; returns the merged model (LoRA folded in)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = bundle.model
+    trained = {n: p for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n}
+    save_file(_tensors(trained), out_dir / "trained.safetensors")
+    if wrapper is not None:
+        (out_dir / "adapter").mkdir(exist_ok=True)
+        save_file(_tensors(get_peft_model_state_dict(model, adapter_name=ADAPTER)),
+                  out_dir / "adapter" / "adapter_model.safetensors")
+        wrapper.peft_config[ADAPTER].save_pretrained(str(out_dir / "adapter"))
+        model = wrapper.merge_and_unload()
+    merged = out_dir / "merged"
+    merged.mkdir(exist_ok=True)
+    save_file(_tensors(model.state_dict()), merged / "open_clip_model.safetensors")
+    write_json(merged / "open_clip_config.json", bundle.config)
+    write_json(merged / f"{bundle.name}.json", bundle.config["model_cfg"])
+    if bundle.tokenizer_dir:
+        for name in TOKENIZER_FILES:
+            if (Path(bundle.tokenizer_dir) / name).exists():
+                shutil.copy(Path(bundle.tokenizer_dir) / name, merged / name)
+    write_json(out_dir / "model_card.json", card)
+    return model
+
+
+def read_card(model_dir: Path) -> dict:
+    return json.loads((Path(model_dir) / "model_card.json").read_text())

@@ -1,0 +1,101 @@
+"""Where things are inside each kind of tower: blocks, LoRA targets, projection (DESIGN.md).
+
+The table is data; `find_towers` only decides which row fits. Splitting a tower into
+features + projection lets a frozen tower's features be computed once and reused.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+
+# trunk class name -> (block list path relative to the tower root, LoRA target module names)
+LORA_TARGETS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "EfficientNet": ("trunk.blocks", ("conv_pw", "conv_pwl")),          # timm EfficientNet: 1x1 convs
+    "TimmVisionTransformer": ("trunk.blocks", ("qkv", "proj", "fc1", "fc2")),
+    "OpenClipTransformer": ("transformer.resblocks", ("attn", "c_fc", "c_proj")),  # attn = peft's MHA LoRA
+    "BertFamily": ("transformer.encoder.layer", ("query", "key", "value", "dense")),
+}
+
+
+@dataclass(frozen=True)
+class Tower:
+    name: str                 # "image" or "text"
+    root: str                 # module path of the tower in the CLIP model ("" = top level)
+    kind: str                 # a key of LORA_TARGETS
+    proj_owner: str           # module path that holds the projection
+    proj_attr: str            # attribute name of the projection (a Module or a Parameter)
+    param_prefixes: tuple[str, ...]  # parameter name prefixes that belong to this tower
+
+    def path(self, rel: str) -> str:
+        return f"{self.root}.{rel}" if self.root else rel
+
+    @property
+    def blocks_path(self) -> str:
+        return self.path(LORA_TARGETS[self.kind][0])
+
+    @property
+    def lora_targets(self) -> tuple[str, ...]:
+        return LORA_TARGETS[self.kind][1]
+
+    @property
+    def proj_name(self) -> str:
+        return f"{self.proj_owner}.{self.proj_attr}" if self.proj_owner else self.proj_attr
+
+
+def _image_tower(model: nn.Module) -> Tower:
+    visual = model.visual
+    kind = type(visual).__name__
+    if kind == "TimmModel":
+        trunk = type(visual.trunk).__name__
+        kind = "TimmVisionTransformer" if trunk == "VisionTransformer" else trunk
+        return Tower("image", "visual", kind, "visual", "head", ("visual.",))
+    if kind == "VisionTransformer":
+        return Tower("image", "visual", "OpenClipTransformer", "visual", "proj", ("visual.",))
+    raise NotImplementedError(f"image tower {kind} has no row in catalog_search.models.towers")
+
+
+def _text_tower(model: nn.Module) -> Tower:
+    if hasattr(model, "text"):  # CustomTextCLIP: the text tower is a submodule
+        kind = type(model.text).__name__
+        if kind == "HFTextEncoder":
+            return Tower("text", "text", "BertFamily", "text", "proj", ("text.",))
+        return Tower("text", "text", "OpenClipTransformer", "text", "text_projection", ("text.",))
+    # plain CLIP: the text tower's parts sit at the top level
+    return Tower("text", "", "OpenClipTransformer", "", "text_projection",
+                 ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection"))
+
+
+def find_towers(model: nn.Module) -> dict[str, Tower]:
+    return {"image": _image_tower(model), "text": _text_tower(model)}
+
+
+def tower_param_names(model: nn.Module, tower: Tower) -> list[str]:
+    return [n for n, _ in model.named_parameters() if n.startswith(tower.param_prefixes)]
+
+
+def _owner(model: nn.Module, tower: Tower) -> nn.Module:
+    return model.get_submodule(tower.proj_owner) if tower.proj_owner else model
+
+
+@contextmanager
+def projection_removed(model: nn.Module, tower: Tower) -> Iterator[None]:
+    """Run the tower without its projection (open_clip skips a projection that is None)."""
+    owner = _owner(model, tower)
+    saved = getattr(owner, tower.proj_attr)
+    setattr(owner, tower.proj_attr, nn.Identity() if isinstance(saved, nn.Module) else None)
+    try:
+        yield
+    finally:
+        setattr(owner, tower.proj_attr, saved)
+
+
+def project(model: nn.Module, tower: Tower, features: torch.Tensor) -> torch.Tensor:
+    """Apply the tower's projection to features computed with `projection_removed`."""
+    proj = getattr(_owner(model, tower), tower.proj_attr)
+    if proj is None:
+        return features
+    return proj(features) if isinstance(proj, nn.Module) else features @ proj

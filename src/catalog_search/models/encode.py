@@ -1,8 +1,8 @@
 """Batched encoding of images and texts, with or without the projection; device and autocast."""
 from __future__ import annotations
 
-from contextlib import nullcontext
-from typing import Callable, Sequence
+from contextlib import contextmanager, nullcontext
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -28,6 +28,18 @@ def autocast(device: torch.device):
     return nullcontext()
 
 
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Inference behaviour (BatchNorm running stats, no dropout), each module's mode restored after."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.train(training)
+
+
 def image_batch(preprocess: Callable, images: Sequence[Image.Image], device: torch.device) -> torch.Tensor:
     return torch.stack([preprocess(im) for im in images]).to(device, non_blocking=True)
 
@@ -43,7 +55,7 @@ def encode(model: nn.Module, tower: str, items: Sequence, to_input: Callable, ba
     fn = model.encode_image if tower == "image" else model.encode_text
     ctx = nullcontext() if projected else projection_removed(model, find_towers(model)[tower])
     out = []
-    with ctx:
+    with ctx, eval_mode(model):
         for start in tqdm(range(0, len(items), batch_size), desc=desc or f"encode {tower}", unit="batch",
                           disable=desc is None):
             with autocast(device):

@@ -116,4 +116,4 @@ def create_model(name: str, pretrained: str | None = "packaged", *, image_size: 
         config["model_cfg"]["vision_cfg"]["image_size"] = image_size
     config["model_cfg"].update(model_kwargs)
     config["preprocess_cfg"] = dict(model.visual.preprocess_cfg)
-    return ModelBundle(model, preprocess, open_clip.get_tokenizer(name), name, config, tokenizer_dir)
+    return ModelBundle(model.eval(), preprocess, open_clip.get_tokenizer(name), name, config, tokenizer_dir)

@@ -17,7 +17,7 @@ from open_clip_train.scheduler import cosine_lr
 
 from catalog_search.evaluation import retrieval_metrics
 from catalog_search.index import normalise
-from catalog_search.models.encode import autocast
+from catalog_search.models.encode import autocast, eval_mode
 from catalog_search.models.registry import ModelBundle
 from catalog_search.models.scenarios import Scenario
 from catalog_search.models.towers import find_towers
@@ -50,10 +50,17 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 @torch.no_grad()
 def validate(model: nn.Module, enc: SplitEncoder, device: torch.device) -> dict[str, float]:
-    with autocast(device):
+    with autocast(device), eval_mode(model):
         images, texts = enc.embed_all("image"), enc.embed_all("text")
     metrics, _ = retrieval_metrics(normalise(images), normalise(texts), enc.image_to_text, enc.text_to_image)
     return metrics
+
+
+def _log_val(live, val: dict[str, float]) -> dict[str, float]:
+    if live is not None:
+        for key in ("text_to_image_R@10", "image_to_text_R@10", "text_to_image_mrr"):
+            live.log_metric(f"val/{key}", val[key])
+    return val
 
 
 def train(bundle: ModelBundle, scenario: Scenario, train_samples: list[dict], val_samples: list[dict],
@@ -63,13 +70,12 @@ def train(bundle: ModelBundle, scenario: Scenario, train_samples: list[dict], va
     started = time.perf_counter()
     frozen = {t for t in ("image", "text") if scenario.tower_mode(t) == "frozen"}
     bs = cfg["batch_size"]
-    train_enc = SplitEncoder(model, bundle.preprocess, bundle.tokenizer, train_samples, frozen, device, bs)
     val_enc = SplitEncoder(model, bundle.preprocess, bundle.tokenizer, val_samples, frozen, device, bs)
-    summary: dict[str, Any] = {"steps": 0, "epochs": 0}
     if not scenario.trains or cfg["epochs"] == 0:
-        summary["val"] = validate(model, val_enc, device)
-        summary["train_seconds"] = round(time.perf_counter() - started, 2)
-        return summary
+        val = _log_val(live, validate(model, val_enc, device))
+        return {"steps": 0, "epochs": 0, "val": val, "train_seconds": round(time.perf_counter() - started, 2)}
+    train_enc = SplitEncoder(model, bundle.preprocess, bundle.tokenizer, train_samples, frozen, device, bs)
+    summary: dict[str, Any] = {}
 
     loss_fn = ClipLoss() if cfg["loss"] == "infonce" else SigLipLoss()
     optimizer = torch.optim.AdamW(param_groups(model, cfg["weight_decay"]), lr=cfg["lr"], betas=(0.9, 0.98), eps=1e-6)
@@ -104,10 +110,7 @@ def train(bundle: ModelBundle, scenario: Scenario, train_samples: list[dict], va
                 live.log_metric("train/loss", losses[-1])
                 live.log_metric("train/lr", lr)
                 live.next_step()
-        val = validate(model, val_enc, device)
-        if live is not None:
-            for key in ("text_to_image_R@10", "image_to_text_R@10", "text_to_image_mrr"):
-                live.log_metric(f"val/{key}", val[key], plot=True)
+        val = _log_val(live, validate(model, val_enc, device))
         print(f"epoch {epoch + 1}/{cfg['epochs']}: loss {np.mean(losses[-steps_per_epoch:]):.4f} "
               f"val t2i R@10 {val['text_to_image_R@10']:.3f} i2t R@10 {val['image_to_text_R@10']:.3f}", flush=True)
         summary["val"] = val

@@ -1,0 +1,49 @@
+"""Shared fixtures: a small real demo catalog (from the packaged Fashion-MNIST) and tiny models."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def demo_raw(tmp_path_factory):
+    """(catalog path, DataFrame) of a 120-product demo catalog at 32 px."""
+    from catalog_search import catalog
+    from catalog_search.sources.demo import build_demo
+
+    out = tmp_path_factory.mktemp("raw")
+    df = catalog.conform(build_demo(FMNIST, out, n_products=120, image_size=32, seed=1, variant_prob=0.3,
+                                    wrong_color_prob=0.05), "demo")
+    catalog.save(df, out / "catalog.parquet")
+    return out / "catalog.parquet", df
+
+
+@pytest.fixture(scope="session")
+def clean_params():
+    from catalog_search.params import load_params
+
+    return load_params(ROOT / "params.yaml")["clean"]
+
+
+@pytest.fixture(scope="session")
+def demo_shards(tmp_path_factory, demo_raw, clean_params):
+    """Shards of the cleaned demo catalog (train/val/test/mini_train)."""
+    from catalog_search.cleaning import clean_catalog
+    from catalog_search.shards import assign_splits, save_manifest, write_shards
+
+    raw_path, raw = demo_raw
+    out = tmp_path_factory.mktemp("clean")
+    kept, _, _ = clean_catalog(raw, raw_path, out, clean_params)
+    kept["split"] = assign_splits(kept, 0.15, 0.15, "article_type", 0)
+    kept["mini_train"] = kept["split"] == "train"
+    shards = out / "shards"
+    save_manifest(shards, write_shards(kept, out / "catalog.parquet", shards, 50))
+    return shards, kept

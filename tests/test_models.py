@@ -1,0 +1,185 @@
+import os
+
+import numpy as np
+import open_clip
+import pytest
+import timm
+import torch
+from open_clip.loss import ClipLoss
+from peft import LoraConfig, set_peft_model_state_dict
+from peft.tuners.lora import LoraModel
+from PIL import Image
+from safetensors.torch import load_file
+from sklearn.datasets import load_sample_image
+
+from catalog_search.models.export import save_model
+from catalog_search.models.lora import ADAPTER, apply_scenario, lora_config
+from catalog_search.models.packaged import load_efficientnet_lite0
+from catalog_search.models.registry import ModelUnavailable, create_model
+from catalog_search.models.scenarios import SCENARIOS
+from catalog_search.params import ParamsError
+from catalog_search.training.data import SplitEncoder
+from catalog_search.training.trainer import set_train_mode
+
+LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "image_last_blocks": 2, "text_last_blocks": None}
+MODELS = {"tiny": 32, "minilm-efficientnet-lite0": 32}  # name -> image size for the test
+
+
+def test_packaged_efficientnet_weights_classify_real_photos():
+    """The key mapping is right: ImageNet classes 698 (palace) and 985 (daisy)."""
+    model = timm.create_model("tf_efficientnet_lite0").eval()
+    load_efficientnet_lite0(model)
+    transform = open_clip.image_transform(224, is_train=False, mean=(0.5,) * 3, std=(0.5,) * 3)
+    for name, label in (("china.jpg", 698), ("flower.jpg", 985)):
+        x = transform(Image.fromarray(load_sample_image(name))).unsqueeze(0)
+        assert model(x).argmax().item() == label, name
+
+
+def _batch(bundle, n=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    size = bundle.model.visual.preprocess_cfg["size"]
+    images = torch.rand((n, 3, *size), generator=g) * 2 - 1
+    texts = bundle.tokenizer([f"{c} {a}" for c, a in zip(["red", "blue", "green", "navy", "pink", "grey"],
+                                                         ["dress", "coat", "bag", "shirt", "sandals", "boots"])][:n])
+    return images, texts
+
+
+def _loss(model, images, texts):
+    img = torch.nn.functional.normalize(model.encode_image(images), dim=-1)
+    txt = torch.nn.functional.normalize(model.encode_text(texts), dim=-1)
+    return ClipLoss()(img, txt, model.logit_scale.exp())
+
+
+@pytest.mark.parametrize("scenario", ["vision_lora", "text_lora", "dual_lora"])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_lora_tensor_learns_and_frozen_weights_stay_bit_identical(name, scenario):
+    torch.manual_seed(0)
+    bundle = create_model(name, "none", image_size=MODELS[name])
+    model = bundle.model
+    apply_scenario(model, SCENARIOS[scenario], LORA)
+    set_train_mode(model, SCENARIOS[scenario])
+    frozen = {n: t.detach().clone() for n, t in list(model.named_parameters()) + list(model.named_buffers())
+              if not (isinstance(t, torch.nn.Parameter) and t.requires_grad)}
+    lora = {n: p for n, p in model.named_parameters() if "lora_" in n}
+    assert lora and all(p.requires_grad for p in lora.values())
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    images, texts = _batch(bundle)
+    for step in range(2):  # lora_B starts at zero, so lora_A's gradient is zero until one step is taken
+        opt.zero_grad()
+        _loss(model, images, texts).backward()
+        if step == 1:
+            dead = [n for n, p in lora.items() if p.grad is None or p.grad.abs().sum() == 0]
+            assert not dead, f"LoRA tensors without gradient: {dead[:5]}"
+        opt.step()
+    after = dict(list(model.named_parameters()) + list(model.named_buffers()))
+    # peft's nn.MultiheadAttention LoRA merges the delta into the frozen weights before every
+    # forward and subtracts it after, so (W + dW) - dW leaves float rounding behind; every other
+    # LoRA layer type leaves its base weights untouched, bit for bit.
+    mha = [n for n in frozen if ".attn.base_layer." in n]
+    changed = [n for n in frozen if n not in mha and not torch.equal(after[n], frozen[n])]
+    assert not changed, f"frozen tensors changed: {changed[:5]}"
+    for n in mha:
+        torch.testing.assert_close(after[n], frozen[n], atol=1e-6, rtol=0)
+    towers = {"vision_lora": ("visual.",), "text_lora": ("text.", "transformer."), "dual_lora": ("",)}[scenario]
+    assert all(n.startswith(towers) for n in lora)
+
+
+def test_lora_on_out_proj_alone_never_learns():
+    """Why `attn` is the target in open_clip blocks: MHA uses out_proj's weight, not its forward."""
+    bundle = create_model("tiny", "none")
+    model = bundle.model.eval()
+    images, texts = _batch(bundle)
+    with torch.no_grad():
+        before = model.encode_image(images)
+    LoraModel(model, LoraConfig(r=4, target_modules=["out_proj"]), ADAPTER)
+    lora = [p for n, p in model.named_parameters() if "lora_" in n]
+    with torch.no_grad():
+        for p in lora:
+            p.normal_()  # a non-zero adapter: if it were used at all, outputs would move
+    for n, p in model.named_parameters():
+        p.requires_grad = "lora_" in n
+    assert lora and not _loss(model, images, texts).requires_grad  # no path from loss to LoRA
+    torch.testing.assert_close(model.encode_image(images), before, atol=0, rtol=0)
+
+
+def test_lora_last_blocks_limits_targets():
+    bundle = create_model("minilm-efficientnet-lite0", "none", image_size=32)
+    config = lora_config(bundle.model, SCENARIOS["dual_lora"], {**LORA, "text_last_blocks": 1})
+    model = bundle.model
+    LoraModel(model, config, ADAPTER)
+    wrapped = {n.rsplit(".lora_", 1)[0] for n, _ in model.named_parameters() if "lora_" in n}
+    assert {n.split(".")[3] for n in wrapped if n.startswith("visual")} == {"5", "6"}
+    assert {n.split(".")[4] for n in wrapped if n.startswith("text")} == {"5"}
+    assert {n.rsplit(".", 1)[1] for n in wrapped} == {"conv_pw", "conv_pwl", "query", "key", "value", "dense"}
+
+
+def test_frozen_feature_cache_equals_full_encoding(demo_shards):
+    from catalog_search.training.data import load_split
+
+    shards, _ = demo_shards
+    bundle = create_model("minilm-efficientnet-lite0", "none", image_size=32)
+    samples = load_split(shards, "val")[:12]
+    device = torch.device("cpu")
+    cached = SplitEncoder(bundle.model, bundle.preprocess, bundle.tokenizer, samples, {"image", "text"}, device, 5)
+    plain = SplitEncoder(bundle.model, bundle.preprocess, bundle.tokenizer, samples, set(), device, 5)
+    for tower in ("image", "text"):
+        np.testing.assert_allclose(cached.embed_all(tower), plain.embed_all(tower), atol=2e-5)
+    # trimming the padding columns is exact for the mean-pooled BERT tower
+    texts = plain.texts[:4]
+    full = bundle.model.encode_text(bundle.tokenizer(texts))
+    trimmed = plain._tokens(texts)
+    assert trimmed.shape[1] < bundle.tokenizer.context_length
+    torch.testing.assert_close(bundle.model.encode_text(trimmed), full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_exported_model_loads_in_plain_open_clip_and_peft(tmp_path, name):
+    torch.manual_seed(0)
+    bundle = create_model(name, "none", image_size=MODELS[name])
+    model = bundle.model
+    base_weights = {k: v.clone() for k, v in model.state_dict().items()}
+    wrapper = apply_scenario(model, SCENARIOS["dual_lora"], LORA)
+    with torch.no_grad():  # stand-in for training: every trainable tensor moves
+        for n, p in model.named_parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    model.eval()
+    images, texts = _batch(bundle)
+    with torch.no_grad():
+        expected = model.encode_image(images), model.encode_text(texts)
+    save_model(tmp_path, bundle, wrapper, {"scenario": "dual_lora"})
+    merged = tmp_path / "merged"
+
+    def outputs(m, tokens=texts):
+        m.eval()
+        with torch.no_grad():
+            return m.encode_image(images), m.encode_text(tokens)
+
+    loaded, _, _ = open_clip.create_model_and_transforms(f"local-dir:{merged}")
+    tokens = open_clip.get_tokenizer(f"local-dir:{merged}")(["red dress", "blue coat"])
+    assert torch.equal(tokens, bundle.tokenizer(["red dress", "blue coat"]))  # tokenizer ships in the folder
+    for got, want in zip(outputs(loaded), expected):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    open_clip.add_model_config(merged / f"{name}.json")
+    by_name = open_clip.create_model(name, pretrained=str(merged / "open_clip_model.safetensors"))
+    for got, want in zip(outputs(by_name), expected):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    # peft route: base weights + trained.safetensors + the adapter reproduce the same outputs
+    fresh = create_model(name, "none", image_size=MODELS[name]).model
+    fresh.load_state_dict(base_weights)
+    fresh.load_state_dict(load_file(tmp_path / "trained.safetensors"), strict=False)
+    LoraModel(fresh, LoraConfig.from_pretrained(str(tmp_path / "adapter")), ADAPTER)
+    set_peft_model_state_dict(fresh, load_file(tmp_path / "adapter" / "adapter_model.safetensors"), ADAPTER)
+    for got, want in zip(outputs(fresh), expected):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert '"scenario": "dual_lora"' in (tmp_path / "model_card.json").read_text()
+
+
+def test_unknown_model_and_offline_tag_fail_fast():
+    with pytest.raises(ParamsError, match="model.name='ViT-Z-99' is not known.*ViT-B-32"):
+        create_model("ViT-Z-99", "none")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    with pytest.raises(ModelUnavailable, match="offline.*local checkpoint"):
+        create_model("ViT-B-32", "laion2b_s34b_b79k")
+    with pytest.raises(ParamsError, match="tags"):
+        create_model("ViT-B-32", "no-such-tag")

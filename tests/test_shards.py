@@ -1,0 +1,42 @@
+import hashlib
+import json
+
+import pandas as pd
+import pytest
+
+from catalog_search.catalog import CatalogError
+from catalog_search.shards import assign_splits, iter_samples, shard_urls
+
+
+def test_splits_keep_groups_together_and_stratify():
+    df = pd.DataFrame({"group_id": [f"g{i // 2}" for i in range(400)],
+                       "article_type": [["Dress", "Coat", "Bag", "Shirt"][(i // 2) % 4] for i in range(400)]})
+    split = assign_splits(df, 0.1, 0.1, "article_type", 0)
+    assert (df.assign(split=split).groupby("group_id")["split"].nunique() == 1).all()
+    counts = split.value_counts()
+    assert 30 <= counts["test"] <= 50 and 30 <= counts["val"] <= 50
+    per_type = df[split == "test"]["article_type"].value_counts()
+    assert per_type.min() >= 5  # every type is represented in test
+    assert split.tolist() == assign_splits(df, 0.1, 0.1, "article_type", 0).tolist()  # deterministic
+
+
+def test_too_few_groups_is_an_error():
+    with pytest.raises(CatalogError, match="at least 3"):
+        assign_splits(pd.DataFrame({"group_id": ["a", "a", "b"], "article_type": ["x"] * 3}), 0.1, 0.1, None, 0)
+
+
+def test_shards_round_trip_with_manifest(demo_shards):
+    shards, kept = demo_shards
+    manifest = json.loads((shards / "manifest.json").read_text())
+    for split in ("train", "val", "test"):
+        samples = list(iter_samples(shards, split))
+        expected = kept[kept["split"] == split]
+        assert len(samples) == manifest["splits"][split]["samples"] == len(expected)
+        assert sorted(s["product_id"] for s in samples) == sorted(expected["product_id"])
+        for entry, url in zip(manifest["splits"][split]["shards"], shard_urls(shards, split)):
+            assert hashlib.sha256(open(url, "rb").read()).hexdigest() == entry["sha256"]
+    sample = next(iter_samples(shards, "test"))
+    row = kept.set_index("product_id").loc[sample["product_id"]]
+    assert sample["captions"] == list(row["captions"]) and sample["color"] == row["color"]
+    assert sample["image"][:8] == b"\x89PNG\r\n\x1a\n"
+    assert not set(s["group_id"] for s in iter_samples(shards, "train")) & set(s["group_id"] for s in iter_samples(shards, "test"))

@@ -2,7 +2,7 @@
 import sys
 from pathlib import Path
 
-from catalog_search.evaluation import caption_positives, recall_curve, retrieval_metrics
+from catalog_search.evaluation import bootstrap_ci, caption_positives, recall_curve, retrieval_metrics
 from catalog_search.index import load_embeddings
 from catalog_search.io import write_json
 from catalog_search.params import load_params
@@ -14,6 +14,7 @@ if __name__ == "__main__":
     unique_texts, i2t, t2i = caption_positives(items["captions"].map(list).tolist())
     assert unique_texts == text_rows["text"].tolist(), "texts.parquet does not match the items' captions"
     metrics, ranks = retrieval_metrics(images, texts, i2t, t2i)
-    write_json(f"metrics/eval/{name}.json", {**metrics, "n_images": info["n_images"], "n_texts": info["n_texts"]})
+    write_json(f"metrics/eval/{name}.json", {**metrics, "n_images": info["n_images"], "n_texts": info["n_texts"],
+                                             "ci95": bootstrap_ci(ranks, n=p["bootstrap"])})
     write_json(f"reports/recall_at_k/{name}.json", recall_curve(ranks, p["max_k"]))
     print(f"evaluate@{name}: " + ", ".join(f"{k} {v}" for k, v in metrics.items() if "R@" in k))

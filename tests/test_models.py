@@ -20,6 +20,7 @@ from catalog_search.models.scenarios import SCENARIOS
 from catalog_search.params import ParamsError
 from catalog_search.training.data import SplitEncoder
 from catalog_search.training.trainer import set_train_mode
+from conftest import assert_frozen_unchanged
 
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "image_last_blocks": 2, "text_last_blocks": None}
 MODELS = {"tiny": 32, "minilm-efficientnet-lite0": 32}  # name -> image size for the test
@@ -71,15 +72,7 @@ def test_every_lora_tensor_learns_and_frozen_weights_stay_bit_identical(name, sc
             dead = [n for n, p in lora.items() if p.grad is None or p.grad.abs().sum() == 0]
             assert not dead, f"LoRA tensors without gradient: {dead[:5]}"
         opt.step()
-    after = dict(list(model.named_parameters()) + list(model.named_buffers()))
-    # peft's nn.MultiheadAttention LoRA merges the delta into the frozen weights before every
-    # forward and subtracts it after, so (W + dW) - dW leaves float rounding behind; every other
-    # LoRA layer type leaves its base weights untouched, bit for bit.
-    mha = [n for n in frozen if ".attn.base_layer." in n]
-    changed = [n for n in frozen if n not in mha and not torch.equal(after[n], frozen[n])]
-    assert not changed, f"frozen tensors changed: {changed[:5]}"
-    for n in mha:
-        torch.testing.assert_close(after[n], frozen[n], atol=1e-6, rtol=0)
+    assert_frozen_unchanged(frozen, dict(list(model.named_parameters()) + list(model.named_buffers())), atol_mha=1e-6)
     towers = {"vision_lora": ("visual.",), "text_lora": ("text.", "transformer."), "dual_lora": ("",)}[scenario]
     assert all(n.startswith(towers) for n in lora)
 

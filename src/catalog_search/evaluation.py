@@ -71,6 +71,20 @@ def retrieval_metrics(image_emb: np.ndarray, text_emb: np.ndarray, i2t: Positive
     return {k: round(v, 4) for k, v in metrics.items()}, r
 
 
+def bootstrap_ci(r: dict[str, np.ndarray], ks: Sequence[int] = KS, n: int = 1000,
+                 seed: int = 0) -> dict[str, list[float]]:
+    """95% intervals of R@k and MRR from resampling the queries: how far a difference between
+    two scenarios has to be before it is more than the luck of this test split."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for prefix, rk in r.items():
+        sample = rk[rng.integers(0, len(rk), (n, len(rk)))]
+        stats = {**{f"R@{k}": (sample <= k).mean(1) for k in ks}, "mrr": (1.0 / sample).mean(1)}
+        for name, values in stats.items():
+            out[f"{prefix}_{name}"] = [round(float(v), 4) for v in np.percentile(values, [2.5, 97.5])]
+    return out
+
+
 def recall_curve(r: dict[str, np.ndarray], max_k: int) -> list[dict[str, float]]:
     """Rows of recall@k for k = 1..max_k, one column per direction (a `dvc plots` table)."""
     return [{"k": k, **{d: round(float(np.mean(rk <= k)), 4) for d, rk in r.items()}} for k in range(1, max_k + 1)]

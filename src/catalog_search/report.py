@@ -25,7 +25,8 @@ def summarise(scenarios: list[str], eval_dir: Path, train_dir: Path) -> dict:
     for s in scenarios:
         ev = json.loads((eval_dir / f"{s}.json").read_text())
         tr = json.loads((train_dir / f"{s}.json").read_text())
-        rows[s] = {**{k: ev[k] for k in KEY_METRICS}, "trainable_params": tr["trainable_params"],
+        rows[s] = {**{k: ev[k] for k in KEY_METRICS}, "ci95": {k: ev["ci95"][k] for k in KEY_METRICS},
+                   "trainable_params": tr["trainable_params"],
                    "trainable_fraction": round(tr["trainable_params"] / tr["base_params"], 6),
                    "train_seconds": tr["train_seconds"]}
     for s, row in rows.items():
@@ -36,27 +37,28 @@ def summarise(scenarios: list[str], eval_dir: Path, train_dir: Path) -> dict:
     return {"scenarios": rows, "note": UNALIGNED_NOTE}
 
 
-def _fmt(v) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        return f"{v:+.1%}" if abs(v) >= 1.5 else f"{v:.3f}"
-    return f"{v:,}" if isinstance(v, int) else str(v)
+def _metric(row: dict, key: str) -> str:
+    lo, hi = row["ci95"][key]
+    return f"{row[key]:.3f} ±{(hi - lo) / 2:.3f}"
+
+
+def _gain_cell(g: float | None) -> str:
+    return "–" if g is None else f"{g:+.0%}"
 
 
 def markdown(summary: dict, header: str = "") -> str:
-    rows = summary["scenarios"]
-    cols = ["text_to_image_R@1", "text_to_image_R@10", "image_to_text_R@1", "image_to_text_R@10",
-            "text_to_image_mrr", "trainable_params", "train_seconds"]
+    """The scenario table; ± is half the bootstrap 95% interval over the test queries."""
+    metrics = ["text_to_image_R@1", "text_to_image_R@10", "image_to_text_R@1", "image_to_text_R@10", "text_to_image_mrr"]
+    names = [m.replace("text_to_image", "t2i").replace("image_to_text", "i2t") for m in metrics]
     lines = [header] if header else []
-    lines += ["| scenario | " + " | ".join(c.replace("text_to_image", "t2i").replace("image_to_text", "i2t") for c in cols)
-              + " | t2i R@10 vs zero_shot | t2i R@10 vs linear_probe |",
-              "|---" * (len(cols) + 3) + "|"]
-    for s, r in rows.items():
-        gains = [r.get(f"gain_vs_{b}_text_to_image_R@10") for b in BASELINES]
-        lines.append(f"| {s} | " + " | ".join(_fmt(r[c]) for c in cols) + " | "
-                     + " | ".join("–" if g is None else f"{g:+.0%}" for g in gains) + " |")
-    return "\n".join(lines + ["", f"> {summary['note']}", ""])
+    lines += ["| scenario | " + " | ".join(names) + " | trainable params | train s | t2i R@10 vs zero_shot "
+              "| t2i R@10 vs linear_probe |", "|---" * (len(metrics) + 5) + "|"]
+    for s, r in summary["scenarios"].items():
+        lines.append(f"| {s} | " + " | ".join(_metric(r, m) for m in metrics)
+                     + f" | {r['trainable_params']:,} ({r['trainable_fraction']:.2%}) | {r['train_seconds']:.0f} | "
+                     + " | ".join(_gain_cell(r.get(f"gain_vs_{b}_text_to_image_R@10")) for b in BASELINES) + " |")
+    return "\n".join(lines + ["", "± is half the 95% bootstrap interval over test queries.", "",
+                               f"> {summary['note']}", ""])
 
 
 def plot_recall(scenarios: list[str], curve_dir: Path, out: Path) -> None:

@@ -1,0 +1,55 @@
+import copy
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from catalog_search.checks import validate
+from catalog_search.params import ParamsError, load_params
+from conftest import ROOT
+
+
+@pytest.fixture
+def params():
+    return load_params(ROOT / "params.yaml")
+
+
+@pytest.mark.parametrize("path, value, message", [
+    (("data", "source"), "s3", r"data.source='s3'.*'demo', 'table'"),
+    (("clean", "backend"), "gpt", r"clean.backend='gpt'.*'rules'"),
+    (("train", "defaults", "loss"), "triplet", r"train.defaults.loss='triplet'.*'infonce', 'siglip'"),
+    (("model", "name"), "ViT-Q-1", r"model.name='ViT-Q-1'.*ViT-B-32"),
+])
+def test_invalid_choice_lists_valid_values(params, path, value, message):
+    bad = copy.deepcopy(params)
+    node = bad
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(ParamsError, match=message):
+        validate(bad)
+
+
+def test_unknown_scenario_and_missing_overrides(params):
+    with pytest.raises(ParamsError, match=r"scenarios\[\]='dual'.*'dual_lora'"):
+        validate({**params, "train": {**params["train"], "scenarios": ["zero_shot", "dual"]}})
+    train = {k: v for k, v in params["train"].items() if k != "text_lora"}
+    with pytest.raises(ParamsError, match="train.text_lora is missing"):
+        validate({**params, "train": train})
+
+
+def test_default_params_are_valid(params):
+    validate(params)
+
+
+def test_first_stage_refuses_bad_params_before_any_work(tmp_path, params):
+    """A real stage process: the error names the key and the valid values; nothing is written."""
+    params["train"]["scenarios"] = ["zero_shot", "dual"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    shutil.copytree(ROOT / "stages", tmp_path / "stages")
+    run = subprocess.run([sys.executable, "stages/ingest.py"], cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode != 0
+    assert "train.scenarios[]='dual' is not valid" in run.stderr and "dual_lora" in run.stderr
+    assert not (tmp_path / "data").exists()

@@ -1,0 +1,90 @@
+"""End to end: the real dvc.yaml in a temporary git repo, on a tiny catalog and a tiny model."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import ROOT
+
+SCENARIOS = ["zero_shot", "linear_probe", "dual_lora"]
+
+
+def run(cmd: list[str], cwd, check=True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
+           "TQDM_DISABLE": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return out
+
+
+def stages_run(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("project")
+    for name in ("dvc.yaml", ".dvcignore"):
+        shutil.copy(ROOT / name, root / name)
+    for name in ("stages", "src", ".dvc"):
+        shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "cache", "tmp"))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["data"]["demo"].update(n_products=160, image_size=32)
+    params["shard"].update(mini_train_size=16, samples_per_shard=50)
+    params["model"] = {"name": "tiny", "pretrained": "none", "image_size": 32}
+    params["train"]["scenarios"] = SCENARIOS
+    params["train"]["defaults"].update(epochs=1, batch_size=32)
+    params["train"]["linear_probe"] = {"epochs": 2, "lr": 0.003}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "init", "-q"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-qm", "tiny project"], root)
+    first = run(["dvc", "repro"], root)
+    return root, first.stdout
+
+
+def test_repro_builds_every_stage_output(repo):
+    root, log = repo
+    assert stages_run(log) == {"ingest", "clean", "shard", "report"} | {f"{s}@{n}" for s in ("train", "embed", "evaluate") for n in SCENARIOS}
+    assert json.loads((root / "metrics/clean.json").read_text())["rows_in"] == 160
+    manifest = json.loads((root / "data/shards/manifest.json").read_text())
+    assert sum(manifest["splits"][s]["samples"] for s in ("train", "val", "test")) == 160
+    for s in SCENARIOS:
+        assert (root / f"models/{s}/merged/open_clip_model.safetensors").exists()
+        assert (root / f"models/{s}/model_card.json").exists()
+        ev = json.loads((root / f"metrics/eval/{s}.json").read_text())
+        assert 0 <= ev["text_to_image_R@10"] <= 1 and ev["image_to_text_mean_rank"] >= 1
+        assert (root / f"dvclive/{s}/plots/metrics").is_dir()
+    assert (root / "models/dual_lora/adapter/adapter_config.json").exists()
+    assert not (root / "models/linear_probe/adapter").exists()
+    summary = (root / "reports/summary.md").read_text()
+    assert all(f"| {s} |" in summary for s in SCENARIOS) and "chance floor" in summary
+    assert (root / "reports/recall_at_k.png").stat().st_size > 1000
+    assert set(json.loads((root / "metrics/summary.json").read_text())["scenarios"]) == set(SCENARIOS)
+
+
+def test_second_repro_is_a_no_op(repo):
+    root, _ = repo
+    again = run(["dvc", "repro"], root)
+    assert not stages_run(again.stdout), again.stdout
+
+
+def test_exp_run_reruns_only_the_changed_scenario(repo):
+    root, _ = repo
+    before = {s: (root / f"metrics/eval/{s}.json").read_text() for s in SCENARIOS}
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-qm", "baseline"], root)
+    exp = run(["dvc", "exp", "run", "-S", "train.linear_probe.lr=0.05"], root)
+    assert stages_run(exp.stdout) == {"train@linear_probe", "embed@linear_probe", "evaluate@linear_probe", "report"}
+    after = {s: (root / f"metrics/eval/{s}.json").read_text() for s in SCENARIOS}
+    assert after["linear_probe"] != before["linear_probe"]
+    assert after["dual_lora"] == before["dual_lora"] and after["zero_shot"] == before["zero_shot"]
+    diff = run(["dvc", "metrics", "diff", "--json"], root)
+    assert "metrics/eval/linear_probe.json" in json.loads(diff.stdout)

@@ -43,7 +43,7 @@ def _metric(row: dict, key: str) -> str:
 
 
 def _gain_cell(g: float | None) -> str:
-    return "–" if g is None else f"{g:+.0%}"
+    return "–" if g is None else f"{g:+.1%}"
 
 
 def markdown(summary: dict, header: str = "") -> str:

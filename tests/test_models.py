@@ -157,6 +157,10 @@ def test_exported_model_loads_in_plain_open_clip_and_peft(tmp_path, name):
     by_name = open_clip.create_model(name, pretrained=str(merged / "open_clip_model.safetensors"))
     for got, want in zip(outputs(by_name), expected):
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    # the project's own factory takes the checkpoint file as `pretrained`
+    reloaded = create_model(name, str(merged / "open_clip_model.safetensors"), image_size=MODELS[name]).model
+    for got, want in zip(outputs(reloaded), expected):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
     # peft route: base weights + trained.safetensors + the adapter reproduce the same outputs
     fresh = create_model(name, "none", image_size=MODELS[name]).model
     fresh.load_state_dict(base_weights)

@@ -75,6 +75,7 @@ def write_shards(df: pd.DataFrame, catalog_path: Path, out_dir: Path, samples_pe
                              verbose=0, post=written.append) as sink:
             for _, row in part.iterrows():
                 sink.write(sample_record(row, catalog.resolve_image(catalog_path, row["image_path"]).read_bytes()))
+        # read every shard back: the manifest records what a reader gets, not what we meant to write
         counts = [sum(1 for _ in wds.WebDataset(f, shardshuffle=False, empty_check=False)) for f in written]
         manifest["splits"][split] = {
             "samples": len(part),

@@ -13,7 +13,6 @@ import json
 import shutil
 from pathlib import Path
 
-import torch.nn as nn
 from peft import get_peft_model_state_dict
 from peft.tuners.lora import LoraModel
 from safetensors.torch import save_file
@@ -29,8 +28,8 @@ def _tensors(state: dict) -> dict:
     return {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
 
-def save_model(out_dir: Path, bundle: ModelBundle, wrapper: LoraModel | None, card: dict) -> nn.Module:
-    """Write every artefact of a trained scenario; returns the merged model (LoRA folded in)."""
+def save_model(out_dir: Path, bundle: ModelBundle, wrapper: LoraModel | None, card: dict) -> None:
+    """Write every artefact of a trained scenario (LoRA is folded into `merged/`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     model = bundle.model
     trained = {n: p for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n}
@@ -51,7 +50,6 @@ def save_model(out_dir: Path, bundle: ModelBundle, wrapper: LoraModel | None, ca
             if (Path(bundle.tokenizer_dir) / name).exists():
                 shutil.copy(Path(bundle.tokenizer_dir) / name, merged / name)
     write_json(out_dir / "model_card.json", card)
-    return model
 
 
 def read_card(model_dir: Path) -> dict:

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -52,7 +53,8 @@ def repo(tmp_path_factory):
 
 def test_repro_builds_every_stage_output(repo):
     root, log = repo
-    assert stages_run(log) == {"ingest", "clean", "shard", "report"} | {f"{s}@{n}" for s in ("train", "embed", "evaluate") for n in SCENARIOS}
+    assert stages_run(log) == ({"ingest", "clean", "shard", "report", "train_text", "evaluate_text"}
+                               | {f"{s}@{n}" for s in ("train", "embed", "evaluate") for n in SCENARIOS})
     assert json.loads((root / "metrics/clean.json").read_text())["rows_in"] == 160
     manifest = json.loads((root / "data/shards/manifest.json").read_text())
     assert sum(manifest["splits"][s]["samples"] for s in ("train", "val", "test")) == 160
@@ -68,6 +70,9 @@ def test_repro_builds_every_stage_output(repo):
     assert all(f"| {s} |" in summary for s in SCENARIOS) and "chance floor" in summary
     assert (root / "reports/recall_at_k.png").stat().st_size > 1000
     assert set(json.loads((root / "metrics/summary.json").read_text())["scenarios"]) == set(SCENARIOS)
+    text = json.loads((root / "metrics/text_embedder.json").read_text())
+    assert set(text) == {"base", "tuned", "gain"} and 0 <= text["tuned"]["MRR@10"] <= 1
+    assert (root / "models/text_embedder/adapter_model.safetensors").exists()
 
 
 def test_second_repro_is_a_no_op(repo):
@@ -88,3 +93,14 @@ def test_exp_run_reruns_only_the_changed_scenario(repo):
     assert after["dual_lora"] == before["dual_lora"] and after["zero_shot"] == before["zero_shot"]
     diff = run(["dvc", "metrics", "diff", "--json"], root)
     assert "metrics/eval/linear_probe.json" in json.loads(diff.stdout)
+
+
+def test_search_command_uses_the_scenario_index(repo):
+    root, _ = repo
+    out = run(["catalog-search", "search", "red dress", "--scenario", "dual_lora", "-k", "5", "--json"], root)
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    test_ids = set(pd.read_parquet(root / "data/embeddings/dual_lora/items.parquet")["product_id"])
+    assert len(rows) == 5 and {r["product_id"] for r in rows} <= test_ids
+    assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
+    missing = run(["catalog-search", "search", "red dress", "--scenario", "vision_lora"], root, check=False)
+    assert missing.returncode != 0 and "dvc repro embed@vision_lora" in missing.stderr

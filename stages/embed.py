@@ -23,7 +23,8 @@ if __name__ == "__main__":
     model, _, preprocess = open_clip.create_model_and_transforms(merged, device=device)
     model.eval()
     samples = load_split(Path("data/shards"), p["split"])
-    enc = SplitEncoder(model, preprocess, open_clip.get_tokenizer(merged), samples, set(), device, p["batch_size"])
+    enc = SplitEncoder(model, preprocess, open_clip.get_tokenizer(merged), samples, set(), device, p["batch_size"],
+                       workers=p["workers"])
     with torch.no_grad(), autocast(device):
         images, texts = enc.embed_all("image"), enc.embed_all("text")
     items = pd.DataFrame([{k: s.get(k) for k in ["product_id", "title", "captions", *ATTRIBUTES]} for s in samples])

@@ -1,5 +1,11 @@
-"""train@<scenario>: fine-tune one scenario -> models/<scenario>/, metrics/train/<scenario>.json, dvclive/<scenario>/."""
+"""train@<scenario>: fine-tune one scenario -> models/<scenario>/, metrics/train/<scenario>.json, dvclive/<scenario>/.
+
+Resumes from checkpoints/<scenario>/ after a kill. With train.<scenario>.nproc > 1 it relaunches
+itself under torchrun; run by torchrun directly, it joins the process group it describes.
+"""
+import os
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -13,6 +19,7 @@ from catalog_search.models.lora import apply_scenario, trainable_summary
 from catalog_search.models.registry import create_model
 from catalog_search.models.scenarios import get_scenario, scenario_config
 from catalog_search.params import load_params
+from catalog_search.training import distributed
 from catalog_search.training.data import load_split
 from catalog_search.training.trainer import train
 
@@ -23,20 +30,31 @@ if __name__ == "__main__":
     params = load_params()
     validate(params)
     scenario, cfg, m = get_scenario(name), scenario_config(params["train"], name), params["model"]
-    torch.manual_seed(cfg["seed"])  # the projections' initialisation, zero_shot included
+    if cfg["nproc"] > 1 and "WORLD_SIZE" not in os.environ:
+        sys.exit(distributed.launch(cfg["nproc"], sys.argv))
     device = pick_device()
+    world = distributed.init(device.type)
+    if device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+    torch.manual_seed(cfg["seed"])  # the projections' initialisation, zero_shot included: same on every rank
     bundle = create_model(m["name"], m["pretrained"], image_size=m["image_size"], loss=cfg["loss"], device=device)
     wrapper = apply_scenario(bundle.model, scenario, cfg["lora"])
     sizes = trainable_summary(bundle.model)
-    with Live(f"dvclive/{name}", dvcyaml=None, save_dvc_exp=False) as live:
+    checkpoints = Path("checkpoints") / name
+    checkpoints.mkdir(parents=True, exist_ok=True)  # an output even where nothing trains (zero_shot)
+    live = Live(f"dvclive/{name}", dvcyaml=None, save_dvc_exp=False) if world.is_main else nullcontext()
+    with live:
         result = train(bundle, scenario, load_split(SHARDS, cfg["train_split"]), load_split(SHARDS, "val"),
-                       cfg, device, live)
-    card = {"scenario": name, "model": m, "towers": {"image": scenario.image, "text": scenario.text,
-            "projections": "trained" if scenario.projections else "frozen"}, "train": cfg, **sizes,
-            **{k: v for k, v in result.items() if k != "val"}, "val_metrics": result["val"], "device": str(device)}
-    save_model(Path("models") / name, bundle, wrapper, card)
-    write_json(f"metrics/train/{name}.json", {**sizes, "train_seconds": result["train_seconds"],
-               "steps": result["steps"], **({"final_loss": result["final_loss"]} if "final_loss" in result else {}),
-               **{f"val_{k}": v for k, v in result["val"].items() if k.endswith(("R@10", "mrr"))}})
-    print(f"train@{name}: {sizes['trainable_params']} trainable params, {result['steps']} steps, "
-          f"{result['train_seconds']} s; val t2i R@10 {result['val']['text_to_image_R@10']}")
+                       cfg, device, live if world.is_main else None, world, checkpoints)
+    if world.is_main:
+        card = {"scenario": name, "model": m, "towers": {"image": scenario.image, "text": scenario.text,
+                "projections": "trained" if scenario.projections else "frozen"}, "train": cfg, **sizes,
+                **{k: v for k, v in result.items() if k != "val"}, "val_metrics": result["val"],
+                "device": str(device), "processes": world.size}
+        save_model(Path("models") / name, bundle, wrapper, card)
+        keep = ("train_seconds", "steps", "best_step", "final_loss", "samples_per_second")
+        write_json(f"metrics/train/{name}.json", {**sizes, **{k: result[k] for k in keep if k in result},
+                   **{f"val_{k}": v for k, v in result["val"].items() if k.endswith(("R@10", "mrr"))}})
+        print(f"train@{name}: {sizes['trainable_params']} trainable params, {result['steps']} steps, "
+              f"{result['train_seconds']} s; val t2i R@10 {result['val']['text_to_image_R@10']}")
+    distributed.shutdown()

@@ -19,7 +19,11 @@ def params():
 @pytest.mark.parametrize("path, value, message", [
     (("data", "source"), "s3", r"data.source='s3'.*'demo', 'table'"),
     (("clean", "backend"), "gpt", r"clean.backend='gpt'.*'rules'"),
-    (("train", "defaults", "loss"), "triplet", r"train.defaults.loss='triplet'.*'infonce', 'siglip'"),
+    (("train", "defaults", "loss"), "triplet", r"train.zero_shot.loss='triplet'.*'infonce', 'siglip'"),
+    (("train", "dual_lora", "precision"), "fp8", r"train.dual_lora.precision='fp8'.*'bf16', 'fp16'"),
+    (("train", "defaults", "early_stopping", "metric"), "loss", r"early_stopping.metric='loss'.*'text_to_image_R@10'"),
+    (("train", "defaults", "micro_batch_size"), 1000, r"micro_batch_size=1000 must be between 1 and batch_size"),
+    (("train", "defaults", "checkpoint_every"), 0, r"checkpoint_every=0 must be a positive integer"),
     (("model", "name"), "ViT-Q-1", r"model.name='ViT-Q-1'.*ViT-B-32"),
 ])
 def test_invalid_choice_lists_valid_values(params, path, value, message):

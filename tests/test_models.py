@@ -180,3 +180,17 @@ def test_unknown_model_and_offline_tag_fail_fast():
         create_model("ViT-B-32", "laion2b_s34b_b79k")
     with pytest.raises(ParamsError, match="tags"):
         create_model("ViT-B-32", "no-such-tag")
+
+
+def test_uint8_handover_equals_open_clip_preprocess():
+    """Workers send uint8 pixels, the device normalises: the same tensor as open_clip's transform."""
+    from PIL import Image
+
+    from catalog_search.training.data import split_preprocess
+
+    bundle = create_model("tiny", "none")
+    to_pixels, normalize = split_preprocess(bundle.preprocess)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8))
+    pixels = to_pixels(image)
+    assert pixels.dtype == torch.uint8 and pixels.shape == (3, 32, 32)
+    torch.testing.assert_close(normalize(pixels[None]), bundle.preprocess(image)[None], rtol=0, atol=1e-6)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from catalog_search.cleaning import BACKENDS
 from catalog_search.models import open_clip_architectures, project_configs
-from catalog_search.models.scenarios import LOSSES, SCENARIOS
+from catalog_search.evaluation import SCORES
+from catalog_search.models.scenarios import LOSSES, PRECISIONS, SCENARIOS, scenario_config
 from catalog_search.params import ParamsError, check_choice
 from catalog_search.sources import READERS
 
@@ -18,12 +19,24 @@ def validate(params: dict) -> None:
         if name not in train:
             raise ParamsError(f"params.yaml: train.{name} is missing; every scenario in train.scenarios needs "
                               "its own section of overrides (an empty one is `{}`)")
-    check_choice("train.defaults.loss", train["defaults"]["loss"], LOSSES)
     for name in train["scenarios"]:
-        if "loss" in train[name]:
-            check_choice(f"train.{name}.loss", train[name]["loss"], LOSSES)
+        _check_train(name, scenario_config(train, name))
     name = params["model"]["name"]
     if name not in project_configs() + open_clip_architectures():
         raise ParamsError(f"params.yaml: model.name={name!r} is not known; choose a project config "
                           f"{project_configs()} or an open_clip architecture such as ViT-B-32, ViT-B-16, "
                           "ViT-B-16-SigLIP2-256 (all: open_clip.list_models())")
+
+
+def _check_train(name: str, cfg: dict) -> None:
+    """One scenario's merged training config (train.defaults + train.<name>)."""
+    check_choice(f"train.{name}.loss", cfg["loss"], LOSSES)
+    check_choice(f"train.{name}.precision", cfg["precision"], PRECISIONS)
+    check_choice(f"train.{name}.early_stopping.metric", cfg["early_stopping"]["metric"], SCORES)
+    micro = cfg["micro_batch_size"]
+    if micro is not None and not 1 <= micro <= cfg["batch_size"]:
+        raise ParamsError(f"params.yaml: train.{name}.micro_batch_size={micro} must be between 1 and "
+                          f"batch_size={cfg['batch_size']} (null = batch_size)")
+    for key in ("checkpoint_every", "nproc"):
+        if not isinstance(cfg[key], int) or cfg[key] < 1:
+            raise ParamsError(f"params.yaml: train.{name}.{key}={cfg[key]!r} must be a positive integer")

@@ -22,7 +22,7 @@ def search_scenario(query: str, scenario: str, k: int) -> list[dict]:
     import open_clip
     import torch
 
-    from catalog_search.index import normalise
+    from catalog_search.evaluation import normalise
 
     folder, merged = Path("data/embeddings") / scenario, f"local-dir:models/{scenario}/merged"
     if not (folder / "image.faiss").exists():

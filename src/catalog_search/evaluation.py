@@ -11,6 +11,14 @@ from typing import Sequence
 import numpy as np
 
 KS = (1, 5, 10)
+# what early stopping may watch: higher is better
+SCORES = [f"{d}_{m}" for d in ("text_to_image", "image_to_text") for m in (*(f"R@{k}" for k in KS), "mrr")]
+
+
+def normalise(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, so inner product is cosine similarity."""
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 class Positives:

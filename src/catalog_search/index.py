@@ -13,12 +13,8 @@ import faiss
 import numpy as np
 import pandas as pd
 
+from catalog_search.evaluation import normalise
 from catalog_search.io import atomic_path, write_json
-
-
-def normalise(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def save_embeddings(out_dir: Path, images: np.ndarray, texts: np.ndarray, items: pd.DataFrame,

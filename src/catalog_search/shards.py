@@ -95,11 +95,15 @@ def shard_urls(shard_dir: Path, split: str) -> list[str]:
 
 
 def iter_samples(shard_dir: Path, split: str) -> Iterator[dict]:
-    """Samples of a split in shard order: key, encoded image bytes, and the JSON metadata."""
+    """Samples of a split in shard order: key, encoded image bytes, and the JSON metadata.
+
+    Every process reads the whole split (no node or worker splitting): the trainer draws global
+    batches from it and each rank embeds its slice of every batch.
+    """
     urls = shard_urls(shard_dir, split)
     if not urls:
         return
-    for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
+    for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False, nodesplitter=None, workersplitter=None):
         image_key = next(k for k in sample if k in ("jpg", "jpeg", "png", "webp"))
         yield {"key": sample["__key__"], "image": sample[image_key], **json.loads(sample["json"])}
 

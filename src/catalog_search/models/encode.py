@@ -6,10 +6,11 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
-from PIL import Image
 from tqdm import tqdm
 
+from catalog_search.models.scenarios import PRECISIONS
 from catalog_search.models.towers import find_towers, projection_removed
+from catalog_search.params import ParamsError, check_choice
 
 
 def pick_device() -> torch.device:
@@ -21,11 +22,18 @@ def pick_device() -> torch.device:
     return torch.device("cpu")
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on GPU; full precision on CPU (where bf16 matmuls are slower here)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
+def autocast(device: torch.device, precision: str = "auto"):
+    """`auto` is bf16 on GPU and fp32 on CPU (where bf16 matmuls are slower on most chips);
+    fp16 needs CUDA, where the trainer pairs it with a grad scaler."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    check_choice("precision", precision, PRECISIONS)
+    if precision == "fp32":
+        return nullcontext()
+    if precision == "fp16" and device.type != "cuda":
+        raise ParamsError(f"precision fp16 needs a CUDA device (fp16 without a grad scaler underflows); "
+                          f"this run is on {device.type}: use bf16 or fp32")
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 @contextmanager
@@ -38,10 +46,6 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
     finally:
         for m, training in modes:
             m.train(training)
-
-
-def image_batch(preprocess: Callable, images: Sequence[Image.Image], device: torch.device) -> torch.Tensor:
-    return torch.stack([preprocess(im) for im in images]).to(device, non_blocking=True)
 
 
 @torch.no_grad()

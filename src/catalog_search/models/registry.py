@@ -116,4 +116,16 @@ def create_model(name: str, pretrained: str | None = "packaged", *, image_size: 
         config["model_cfg"]["vision_cfg"]["image_size"] = image_size
     config["model_cfg"].update(model_kwargs)
     config["preprocess_cfg"] = dict(model.visual.preprocess_cfg)
-    return ModelBundle(model.eval(), preprocess, open_clip.get_tokenizer(name), name, config, tokenizer_dir)
+    return ModelBundle(model.eval(), preprocess, _tokenizer(name, config), name, config, tokenizer_dir)
+
+
+def _tokenizer(name: str, config: dict) -> Callable:
+    """open_clip's tokenizer for `name`; a hub tokenizer that is not cached offline fails with the fix."""
+    try:
+        return open_clip.get_tokenizer(name)
+    except OSError as e:
+        hub = config["model_cfg"].get("text_cfg", {}).get("hf_tokenizer_name")
+        raise ModelUnavailable(
+            f"{name}'s tokenizer {hub!r} is not on this machine and it is offline ({type(e).__name__}). On a machine "
+            f"with internet run: python -c \"import open_clip; open_clip.get_tokenizer('{name}')\" to fill the "
+            "Hugging Face cache, then copy ~/.cache/huggingface here.") from e

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from catalog_search.params import ParamsError, deep_merge
 
 LOSSES = ["infonce", "siglip"]  # open_clip's ClipLoss and SigLipLoss
+PRECISIONS = ["auto", "fp32", "bf16", "fp16"]  # auto: bf16 on CUDA, fp32 on CPU
 
 
 @dataclass(frozen=True)

@@ -83,10 +83,16 @@ def _owner(model: nn.Module, tower: Tower) -> nn.Module:
 
 @contextmanager
 def projection_removed(model: nn.Module, tower: Tower) -> Iterator[None]:
-    """Run the tower without its projection (open_clip skips a projection that is None)."""
+    """Run the tower without its projection.
+
+    open_clip's text towers skip a `text_projection` that is None (a Linear one, as in SigLIP2,
+    included: anything else is matmul'd); timm and HF towers call their `head`/`proj` module, so
+    those become Identity.
+    """
     owner = _owner(model, tower)
     saved = getattr(owner, tower.proj_attr)
-    setattr(owner, tower.proj_attr, nn.Identity() if isinstance(saved, nn.Module) else None)
+    module_called = isinstance(saved, nn.Module) and tower.proj_attr != "text_projection"
+    setattr(owner, tower.proj_attr, nn.Identity() if module_called else None)
     try:
         yield
     finally:

@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
+import torchvision.transforms as T
 
 from catalog_search.evaluation import caption_positives
-from catalog_search.models.encode import encode, image_batch
+from catalog_search.models.encode import encode
 from catalog_search.models.towers import find_towers, project
 from catalog_search.shards import decode_image, iter_samples
+from catalog_search.training.distributed import World, gather_rows
 
 
 def load_split(shard_dir: Path, split: str) -> list[dict]:
@@ -21,18 +23,64 @@ def load_split(shard_dir: Path, split: str) -> list[dict]:
     return samples
 
 
+def trim_padding(tokens: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """Drop the columns that are padding in every row."""
+    used = (tokens != pad_id).any(0).nonzero()
+    return tokens[:, : int(used.max()) + 1]
+
+
+def split_preprocess(preprocess: Callable) -> tuple[Callable, Callable]:
+    """open_clip's transform as (PIL -> uint8 CHW tensor, float conversion + normalisation).
+
+    Workers hand uint8 pixels over (a quarter of float32's bytes through shared memory and the
+    host-to-device copy) and the device does the arithmetic: same numbers as ToTensor+Normalize.
+    A transform of another shape stays whole.
+    """
+    steps = list(getattr(preprocess, "transforms", []))
+    if len(steps) < 2 or not isinstance(steps[-2], T.ToTensor) or not isinstance(steps[-1], T.Normalize):
+        return preprocess, lambda x: x
+    normalize = steps[-1]
+    return T.Compose([*steps[:-2], T.PILToTensor()]), lambda x: normalize(x.float().div_(255))
+
+
+Rows = Optional[Sequence[int]]
+
+
+class _Fetch(torch.utils.data.Dataset):
+    """What DataLoader workers produce ahead of the step, per (image row, caption row) pair:
+    decoded, cropped uint8 pixels and caption tokens; None for a side not asked for or cached."""
+
+    def __init__(self, enc: "SplitEncoder"):
+        self.images, self.texts, self.to_pixels, self.tokenizer = enc.images, enc.texts, enc.to_pixels, enc.tokenizer
+        self.decode, self.tokenize = "image" not in enc.cache, "text" not in enc.cache
+
+    def __getitem__(self, pair: tuple[int | None, int | None]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        i, t = pair
+        pixels = self.to_pixels(decode_image(self.images[i])) if i is not None and self.decode else None
+        tokens = self.tokenizer([self.texts[t]])[0] if t is not None and self.tokenize else None
+        return pixels, tokens
+
+
+def _collate(items: list[tuple]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    return tuple(None if col[0] is None else torch.stack(col) for col in zip(*items))
+
+
 class SplitEncoder:
     """Embeds a split's images and caption texts with the current model weights.
 
-    Towers named in `frozen` are run once, without their projection, at construction; after
-    that only the (trainable) projection runs on the cached features. Same result, a fraction
-    of the compute, which is what makes linear_probe and the single-LoRA scenarios cheap.
+    Towers named in `frozen` are run once, without their projection, at construction (`cache`
+    off runs them every time, for the benchmark); after that only the (trainable) projection
+    runs on the cached features. Same result, a fraction of the compute, which is what makes
+    linear_probe and the single-LoRA scenarios cheap. Under data parallelism each rank computes
+    its part of the cache and of `embed_all`, and the parts are gathered.
     """
 
     def __init__(self, model: nn.Module, preprocess: Callable, tokenizer: Callable, samples: Sequence[dict],
-                 frozen: set[str], device: torch.device, batch_size: int):
+                 frozen: set[str], device: torch.device, batch_size: int, world: World = World(),
+                 workers: int = 0, cache: bool = True):
         self.model, self.preprocess, self.tokenizer = model, preprocess, tokenizer
-        self.device, self.batch_size = device, batch_size
+        self.to_pixels, self.normalize = split_preprocess(preprocess)
+        self.device, self.batch_size, self.world, self.workers = device, batch_size, world, workers
         self.images = [s["image"] for s in samples]
         self.texts, self.image_to_text, self.text_to_image = caption_positives([s["captions"] for s in samples])
         self.towers = find_towers(model)
@@ -41,29 +89,63 @@ class SplitEncoder:
         # Towers that pool a fixed position (CLIP's EOT argmax is safe, SigLIP's last token is not)
         # keep their padding.
         self.trim_pad = tokenizer.tokenizer.pad_token_id if self.towers["text"].kind == "BertFamily" else None
-        items = {"image": self.images, "text": self.texts}
-        self.cache = {t: encode(model, t, items[t], self._input(t), batch_size, device, projected=False,
-                                desc=f"cache frozen {t} features") for t in sorted(frozen)}
+        self.cache: dict[str, torch.Tensor] = {}
+        for tower in sorted(frozen) if cache else []:
+            items = self.images if tower == "image" else self.texts
+            part = world.split(len(items))
+            local = encode(model, tower, items[part], self._input(tower), batch_size, device, projected=False,
+                           desc=f"cache frozen {tower} features")
+            self.cache[tower] = gather_rows(local, len(items), world)
 
     def _input(self, tower: str) -> Callable:
         if tower == "image":
-            return lambda batch: image_batch(self.preprocess, [decode_image(b) for b in batch], self.device)
+            return lambda batch: self._pixels(torch.stack([self.to_pixels(decode_image(b)) for b in batch]))
         return self._tokens
 
+    def _pixels(self, x: torch.Tensor) -> torch.Tensor:
+        return self.normalize(x.to(self.device, non_blocking=True))
+
     def _tokens(self, batch: Sequence[str]) -> torch.Tensor:
-        tokens = self.tokenizer(list(batch))
-        if self.trim_pad is not None:
-            used = (tokens != self.trim_pad).any(0).nonzero()
-            tokens = tokens[:, : int(used.max()) + 1]
-        return tokens.to(self.device)
+        return self._token_rows(self.tokenizer(list(batch)))
+
+    def _token_rows(self, tokens: torch.Tensor) -> torch.Tensor:
+        return (trim_padding(tokens, self.trim_pad) if self.trim_pad is not None else tokens).to(self.device)
+
+    def inputs(self, tower: str, idx: Sequence[int]) -> torch.Tensor:
+        """What `embed_inputs` takes for rows `idx`: cached features, pixels or tokens."""
+        if tower in self.cache:
+            return self.cache[tower][list(idx)].to(self.device)
+        items = self.images if tower == "image" else self.texts
+        return self._input(tower)([items[i] for i in idx])
+
+    def embed_inputs(self, tower: str, x: torch.Tensor) -> torch.Tensor:
+        """Embeddings (projected, not normalised) with autograd; `x` may be a slice of `inputs`."""
+        if tower in self.cache:
+            return project(self.model, self.towers[tower], x)
+        return self.model.encode_image(x) if tower == "image" else self.model.encode_text(x)
 
     def embed(self, tower: str, idx: Sequence[int]) -> torch.Tensor:
-        """Embeddings (projected, not normalised) of images or texts `idx`, with autograd."""
-        if tower in self.cache:
-            return project(self.model, self.towers[tower], self.cache[tower][list(idx)].to(self.device))
-        items = self.images if tower == "image" else self.texts
-        x = self._input(tower)([items[i] for i in idx])
-        return self.model.encode_image(x) if tower == "image" else self.model.encode_text(x)
+        return self.embed_inputs(tower, self.inputs(tower, idx))
+
+    def load(self, plan: Sequence[tuple[Rows, Rows]]) -> Iterator[tuple[torch.Tensor | None, torch.Tensor | None]]:
+        """(`inputs("image", a)`, `inputs("text", b)`) for each (a, b) of `plan`; a side given as
+        None comes back None. With `workers`, decoding and tokenising run in DataLoader
+        processes ahead of the consumer (open_clip's tokenizer is pure Python: a quarter of a
+        ViT-B-32 step on an H100 when done in the training loop)."""
+        if self.workers == 0:
+            for a, b in plan:
+                yield (None if a is None else self.inputs("image", a)), (None if b is None else self.inputs("text", b))
+            return
+        pairs = [list(zip(a if a is not None else [None] * len(b), b if b is not None else [None] * len(a)))
+                 for a, b in plan]
+        # its own generator: seeding workers must not draw from the global RNG (dropout, resume)
+        loader = torch.utils.data.DataLoader(_Fetch(self), batch_sampler=pairs, num_workers=self.workers,
+                                             collate_fn=_collate, pin_memory=self.device.type == "cuda",
+                                             prefetch_factor=4, generator=torch.Generator())
+        for (pixels, tokens), (a, b) in zip(loader, plan):
+            image = None if a is None else self._pixels(pixels) if pixels is not None else self.inputs("image", a)
+            text = None if b is None else self._token_rows(tokens) if tokens is not None else self.inputs("text", b)
+            yield image, text
 
     def sample_captions(self, idx: Sequence[int], rng: np.random.Generator) -> list[int]:
         """One caption per image, drawn at random (caption augmentation)."""
@@ -73,6 +155,8 @@ class SplitEncoder:
     @torch.no_grad()
     def embed_all(self, tower: str) -> np.ndarray:
         n = len(self.images) if tower == "image" else len(self.texts)
-        parts = [self.embed(tower, range(s, min(s + self.batch_size, n))).float().cpu()
-                 for s in range(0, n, self.batch_size)]
-        return torch.cat(parts).numpy()
+        part = self.world.split(n)
+        batches = [list(range(s, min(s + self.batch_size, part.stop))) for s in range(part.start, part.stop, self.batch_size)]
+        plan = [(b, None) if tower == "image" else (None, b) for b in batches]
+        parts = [self.embed_inputs(tower, x if tower == "image" else y).float() for x, y in self.load(plan)]
+        return gather_rows(torch.cat(parts).cpu(), n, self.world).numpy()

@@ -6,6 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # dvc.yaml's commands call `python`: the virtual environment's, once it is first on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
@@ -29,11 +30,16 @@ $(FMNIST):
 	$(SUDO) apt-get update -qq
 	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
 
+# The arena's browser test drives Debian's chromium with Playwright (no browser download).
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq chromium
+
 run: setup
 	$(BIN)/dvc repro
 
-test: setup
+test: setup $(CHROMIUM)
 	$(BIN)/pytest
 
-test-slow: setup
+test-slow: setup $(CHROMIUM)
 	$(BIN)/pytest -m slow

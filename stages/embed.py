@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 
 from catalog_search.catalog import ATTRIBUTES
-from catalog_search.index import save_embeddings
+from catalog_search.index import file_fingerprint, save_embeddings
 from catalog_search.models.encode import autocast, pick_device
 from catalog_search.params import load_params
 from catalog_search.training.data import SplitEncoder, load_split
@@ -28,6 +28,7 @@ if __name__ == "__main__":
     with torch.no_grad(), autocast(device):
         images, texts = enc.embed_all("image"), enc.embed_all("text")
     items = pd.DataFrame([{k: s.get(k) for k in ["product_id", "title", "captions", *ATTRIBUTES]} for s in samples])
+    fingerprint = file_fingerprint(Path(f"models/{name}/merged/open_clip_model.safetensors"))
     save_embeddings(Path("data/embeddings") / name, images, texts, items, pd.DataFrame({"text": enc.texts}),
-                    {"scenario": name, "split": p["split"]})
+                    {"scenario": name, "split": p["split"], "model_fingerprint": fingerprint}, p["index"])
     print(f"embed@{name}: {len(images)} images, {len(texts)} texts, dim {images.shape[1]}")

@@ -19,7 +19,7 @@ from catalog_search.models.lora import apply_scenario, trainable_summary
 from catalog_search.models.registry import create_model
 from catalog_search.models.scenarios import get_scenario, scenario_config
 from catalog_search.params import load_params
-from catalog_search.training import distributed
+from catalog_search.training import checkpoint, distributed
 from catalog_search.training.data import load_split
 from catalog_search.training.trainer import train
 
@@ -57,4 +57,5 @@ if __name__ == "__main__":
                    **{f"val_{k}": v for k, v in result["val"].items() if k.endswith(("R@10", "mrr"))}})
         print(f"train@{name}: {sizes['trainable_params']} trainable params, {result['steps']} steps, "
               f"{result['train_seconds']} s; val t2i R@10 {result['val']['text_to_image_R@10']}")
+        checkpoint.clear(checkpoints)  # finished: the next run of this stage (new code, -f) trains afresh
     distributed.shutdown()

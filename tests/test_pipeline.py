@@ -65,6 +65,7 @@ def test_repro_builds_every_stage_output(repo):
         assert 0 <= ev["text_to_image_R@10"] <= 1 and ev["image_to_text_mean_rank"] >= 1
         assert (root / f"dvclive/{s}/plots/metrics").is_dir()
     assert (root / "models/dual_lora/adapter/adapter_config.json").exists()
+    assert not any((root / "checkpoints/dual_lora").iterdir())  # a finished run leaves no checkpoint to resume
     assert not (root / "models/linear_probe/adapter").exists()
     summary = (root / "reports/summary.md").read_text()
     assert all(f"| {s} |" in summary for s in SCENARIOS) and "chance floor" in summary
@@ -104,3 +105,47 @@ def test_search_command_uses_the_scenario_index(repo):
     assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
     missing = run(["catalog-search", "search", "red dress", "--scenario", "vision_lora"], root, check=False)
     assert missing.returncode != 0 and "dvc repro embed@vision_lora" in missing.stderr
+
+
+def test_search_filters_image_queries_and_model_mismatch(repo):
+    root, _ = repo
+    items = pd.read_parquet(root / "data/embeddings/dual_lora/items.parquet")
+    color = items["color"].value_counts().index[0]
+    out = run(["catalog-search", "search", "shoes", "--scenario", "dual_lora", "-k", "50", "--json",
+               "--where", f"color={color.upper()}"], root)
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    wanted = set(items.loc[items["color"] == color, "product_id"])
+    assert len(rows) == min(50, len(wanted)) and {r["product_id"] for r in rows} <= wanted  # k when k exist
+    image = root / "data/clean" / pd.read_parquet(root / "data/clean/catalog.parquet")["image_path"].iloc[0]
+    out = run(["catalog-search", "search", "--image", str(image), "--scenario", "dual_lora", "-k", "3", "--json"], root)
+    assert len(out.stdout.splitlines()) == 3
+    info = root / "data/embeddings/dual_lora/info.json"
+    original = info.read_text()
+    try:
+        info.write_text(original.replace('"model_fingerprint": "', '"model_fingerprint": "0'))
+        stale = run(["catalog-search", "search", "shoes", "--scenario", "dual_lora"], root, check=False)
+        assert stale.returncode != 0 and "re-run `dvc repro embed@dual_lora`" in stale.stderr
+    finally:
+        info.write_text(original)
+
+
+def test_arena_typed_query_uses_both_trained_models(repo, tmp_path):
+    import httpx
+
+    from catalog_search.arena.app import create_app
+    from conftest import serving
+
+    root, _ = repo
+    with serving(create_app("zero_shot", "dual_lora", tmp_path / "votes.sqlite", root=root, k=5)) as url:
+        r = httpx.get(url + "/api/round", params={"kind": "text", "q": "red dress"}, timeout=120)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["query"] == {"kind": "text", "text": "red dress"}
+        assert len(body["rows"]["A"]) == len(body["rows"]["B"]) == 5
+        vote = httpx.post(url + "/api/vote", json={"round_id": body["round_id"], "choice": "B"})
+        assert vote.status_code == 200 and vote.json()["votes"] == 1
+    report = run(["catalog-search", "arena-report", "--db", str(tmp_path / "votes.sqlite"),
+                  "--out", str(tmp_path / "arena.json")], root)
+    assert "1 votes" in report.stdout
+    stats = json.loads((tmp_path / "arena.json").read_text())["pairs"]["dual_lora vs zero_shot"]
+    assert stats["decided"] == 1 and stats["dual_lora"]["wins"] + stats["zero_shot"]["wins"] == 1

@@ -3,8 +3,9 @@ section fails at once with the valid values, before ingest has done any work."""
 from __future__ import annotations
 
 from catalog_search.cleaning import BACKENDS
-from catalog_search.models import open_clip_architectures, project_configs
 from catalog_search.evaluation import SCORES
+from catalog_search.index import INDEX_KINDS
+from catalog_search.models import open_clip_architectures, project_configs
 from catalog_search.models.scenarios import LOSSES, PRECISIONS, SCENARIOS, scenario_config
 from catalog_search.params import ParamsError, check_choice
 from catalog_search.sources import READERS
@@ -21,6 +22,7 @@ def validate(params: dict) -> None:
                               "its own section of overrides (an empty one is `{}`)")
     for name in train["scenarios"]:
         _check_train(name, scenario_config(train, name))
+    check_choice("embed.index.kind", params["embed"]["index"]["kind"], INDEX_KINDS)
     name = params["model"]["name"]
     if name not in project_configs() + open_clip_architectures():
         raise ParamsError(f"params.yaml: model.name={name!r} is not known; choose a project config "

@@ -1,7 +1,10 @@
 """The `catalog-search` command.
 
     catalog-search search "black maxi dress" --scenario dual_lora -k 10 [--json]
+    catalog-search search --image photo.jpg --where color=black --where category=dresses
     catalog-search search "black maxi dress" --text-embedder [-k 10] [--json]
+    catalog-search arena --a zero_shot --b dual_lora [--port 8000]
+    catalog-search arena-report                     # votes -> metrics/arena.json
 
 Run it in the project folder after `dvc repro`: it reads params.yaml, models/ and data/.
 """
@@ -14,30 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-
-def search_scenario(query: str, scenario: str, k: int) -> list[dict]:
-    """Text -> image search over the embed stage's FAISS index, with that scenario's merged model."""
-    import faiss
-    import open_clip
-    import torch
-
-    from catalog_search.evaluation import normalise
-
-    folder, merged = Path("data/embeddings") / scenario, f"local-dir:models/{scenario}/merged"
-    if not (folder / "image.faiss").exists():
-        raise SystemExit(f"no index in {folder}: run `dvc repro embed@{scenario}` first")
-    index = faiss.read_index(str(folder / "image.faiss"))
-    items = pd.read_parquet(folder / "items.parquet")
-    model = open_clip.create_model(merged).eval()
-    with torch.no_grad():
-        q = normalise(model.encode_text(open_clip.get_tokenizer(merged)([query])).numpy())
-    if q.shape[1] != index.d:
-        raise SystemExit(f"models/{scenario} embeds to {q.shape[1]} dims but {folder}/image.faiss holds {index.d}: "
-                         f"re-run `dvc repro embed@{scenario}`")
-    scores, ids = index.search(q, min(k, index.ntotal))
-    return [{"rank": r + 1, "product_id": items.at[i, "product_id"], "title": items.at[i, "title"], "score": round(float(s), 4)}
-            for r, (i, s) in enumerate(zip(ids[0], scores[0]))]
 
 
 def search_text_embedder(query: str, k: int) -> list[dict]:
@@ -64,14 +43,67 @@ def search_text_embedder(query: str, k: int) -> list[dict]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="catalog-search", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("search", help="rank products for a text query")
-    s.add_argument("query")
+    s = sub.add_parser("search", help="rank products for a text query or a query image")
+    s.add_argument("query", nargs="?")
+    s.add_argument("--image", type=Path, help="search with this photo instead of text")
     s.add_argument("--scenario", default="dual_lora", help="trained scenario whose model and index to use")
     s.add_argument("--text-embedder", action="store_true", help="rank product descriptions with models/text_embedder")
+    s.add_argument("--where", action="append", default=[], metavar="ATTR=VALUE",
+                   help="keep products whose attribute equals VALUE (repeatable; case-insensitive)")
     s.add_argument("-k", type=int, default=10)
     s.add_argument("--json", action="store_true", help="print JSON lines for scripts")
+    a = sub.add_parser("arena", help="blind A/B comparison of two scenarios in the browser")
+    a.add_argument("--a", required=True, help="scenario A")
+    a.add_argument("--b", required=True, help="scenario B")
+    a.add_argument("--host", default="127.0.0.1")
+    a.add_argument("--port", type=int, default=8000)
+    a.add_argument("--db", type=Path, default=Path("arena/votes.sqlite"))
+    a.add_argument("-k", type=int, default=8, help="results per row")
+    r = sub.add_parser("arena-report", help="win rates with 95%% Wilson intervals -> metrics/arena.json")
+    r.add_argument("--db", type=Path, default=Path("arena/votes.sqlite"))
+    r.add_argument("--out", type=Path, default=Path("metrics/arena.json"))
     args = parser.parse_args(argv)
-    results = search_text_embedder(args.query, args.k) if args.text_embedder else search_scenario(args.query, args.scenario, args.k)
+    if args.command == "arena":
+        from catalog_search.arena.app import serve
+
+        serve(args.a, args.b, args.db, args.host, args.port, args.k)
+    elif args.command == "arena-report":
+        from catalog_search.arena.store import VoteStore
+        from catalog_search.io import write_json
+
+        if not args.db.exists():
+            raise SystemExit(f"catalog-search: no votes at {args.db}; collect some with `catalog-search arena`")
+        stats = VoteStore(args.db).stats()
+        write_json(args.out, stats)
+        print(f"{args.out}: {stats['votes']} votes")
+    else:
+        search(parser, args)
+
+
+def search(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if (args.query is None) == (args.image is None):
+        parser.error("give a text query or --image PATH (one of them)")
+    where = {}
+    for item in args.where:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            parser.error(f"--where {item!r}: expected ATTR=VALUE, e.g. --where color=black")
+        where[key.strip()] = value.strip()
+    if args.text_embedder:
+        if args.image or where:
+            parser.error("--text-embedder ranks descriptions for a text query; --image/--where need --scenario")
+        results = search_text_embedder(args.query, args.k)
+    else:
+        from catalog_search.search import ScenarioSearch
+
+        try:
+            engine = ScenarioSearch(args.scenario)
+            results = (engine.search_image(args.image, args.k, where) if args.image
+                       else engine.search_text(args.query, args.k, where))
+        except (FileNotFoundError, ValueError, RuntimeError) as e:
+            raise SystemExit(f"catalog-search: {e}")
+    if not results and not args.json:
+        print("no products match")
     for row in results:
         print(json.dumps(row) if args.json else f"{row['rank']:>3}  {row['score']:.3f}  {row['product_id']}  {row['title']}")
 

@@ -1,13 +1,19 @@
 """Embeddings on disk and the vector index (FAISS, inner product on L2-normalised rows).
 
 Layout of an embedding folder: images.npy, texts.npy (float32, normalised), items.parquet
-(one row per image: product id, title, captions, attributes), texts.parquet (one row per text),
-image.faiss (exact index over the images; row i = items row i).
+(one row per image: product id, title, captions, attributes; row i = FAISS id i), texts.parquet
+(one row per text), image.faiss (the index over the images) and info.json (dimension, index
+kind, the model's fingerprint: a search with another model is refused).
+
+Index kinds (`embed.index.kind`): `flat` is exact and the default; `hnsw` and `ivf` are
+approximate, for catalogs where exact search is too slow (bench/search_index.py measures it).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -16,9 +22,79 @@ import pandas as pd
 from catalog_search.evaluation import normalise
 from catalog_search.io import atomic_path, write_json
 
+INDEX_KINDS = ["flat", "hnsw", "ivf"]
+
+
+class IndexMismatch(RuntimeError):
+    """The index was built for other vectors than the query's: the message says what to re-run."""
+
+
+def file_fingerprint(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def build_index(vectors: np.ndarray, kind: str = "flat", hnsw_m: int = 32, ef_construction: int = 200,
+                ef_search: int = 128, nlist: int | None = None, nprobe: int = 16) -> faiss.Index:
+    """An inner-product index over normalised `vectors`; row i keeps FAISS id i."""
+    vectors = np.ascontiguousarray(vectors, np.float32)
+    d = vectors.shape[1]
+    if kind == "flat":
+        index = faiss.IndexFlatIP(d)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction, index.hnsw.efSearch = ef_construction, ef_search
+    elif kind == "ivf":
+        nlist = nlist or max(1, int(np.sqrt(len(vectors))))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        # k-means on a sample: 64 points per list is plenty, and all of 1M would take an hour on 2 cores
+        sample = np.random.default_rng(0).choice(len(vectors), min(len(vectors), 64 * nlist), replace=False)
+        index.train(vectors[np.sort(sample)])
+        index.nprobe = nprobe
+    else:
+        raise ValueError(f"index kind {kind!r} is not valid; choose one of {INDEX_KINDS}")
+    index.add(vectors)
+    return index
+
+
+def search(index: faiss.Index, queries: np.ndarray, k: int, allowed: np.ndarray | None = None,
+           vectors: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k (scores, ids) per query; `allowed` (sorted ids) restricts the result set.
+
+    The filter runs inside FAISS (an ID selector), so a filtered query still gets k results
+    when k products pass it. An approximate index can miss some under a selective filter;
+    then the allowed rows are searched exactly (`vectors`: the indexed rows), which is cheap
+    precisely because the filter left few of them. Missing slots (k > candidates) are id -1.
+    """
+    queries = np.ascontiguousarray(queries, np.float32)
+    if allowed is None:
+        return index.search(queries, k)
+    if len(allowed) == 0:
+        return np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
+    selector = faiss.IDSelectorBatch(np.asarray(allowed, np.int64))
+    params = {faiss.IndexHNSWFlat: faiss.SearchParametersHNSW, faiss.IndexIVFFlat: faiss.SearchParametersIVF}
+    sp = params.get(type(index), faiss.SearchParameters)(sel=selector)
+    if isinstance(index, faiss.IndexHNSWFlat):
+        sp.efSearch = max(index.hnsw.efSearch, k)
+    elif isinstance(index, faiss.IndexIVFFlat):
+        sp.nprobe = index.nprobe
+    scores, ids = index.search(queries, k, params=sp)
+    want = min(k, len(allowed))
+    if vectors is not None and (ids[:, :want] < 0).any():
+        sub = vectors[allowed] @ queries.T                      # (n_allowed, n_queries)
+        top = np.argsort(-sub, axis=0, kind="stable")[:want].T  # (n_queries, want)
+        ids = np.full((len(queries), k), -1, np.int64)
+        scores = np.full((len(queries), k), -np.inf, np.float32)
+        ids[:, :want] = np.asarray(allowed)[top]
+        scores[:, :want] = np.take_along_axis(sub.T, top, axis=1)
+    return scores, ids
+
 
 def save_embeddings(out_dir: Path, images: np.ndarray, texts: np.ndarray, items: pd.DataFrame,
-                    text_rows: pd.DataFrame, info: dict) -> None:
+                    text_rows: pd.DataFrame, info: dict, index_params: dict[str, Any] | None = None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     images, texts = normalise(images), normalise(texts)
     for name, arr in (("images.npy", images), ("texts.npy", texts)):
@@ -28,11 +104,12 @@ def save_embeddings(out_dir: Path, images: np.ndarray, texts: np.ndarray, items:
     for name, df in (("items.parquet", items), ("texts.parquet", text_rows)):
         with atomic_path(out_dir / name) as tmp:
             df.to_parquet(tmp, index=False)
-    index = faiss.IndexFlatIP(images.shape[1])
-    index.add(images)
+    index_params = index_params or {"kind": "flat"}
+    index = build_index(images, **index_params)
     with atomic_path(out_dir / "image.faiss") as tmp:
         faiss.write_index(index, str(tmp))
-    write_json(out_dir / "info.json", {**info, "dim": int(images.shape[1]), "n_images": len(images), "n_texts": len(texts)})
+    write_json(out_dir / "info.json", {**info, "dim": int(images.shape[1]), "n_images": len(images),
+                                       "n_texts": len(texts), "index": index_params})
 
 
 def load_embeddings(folder: Path) -> tuple[np.ndarray, np.ndarray, pd.DataFrame, pd.DataFrame, dict]:
@@ -41,3 +118,50 @@ def load_embeddings(folder: Path) -> tuple[np.ndarray, np.ndarray, pd.DataFrame,
         raise FileNotFoundError(f"{folder}: no embeddings here; run the embed stage (dvc repro embed).")
     return (np.load(folder / "images.npy"), np.load(folder / "texts.npy"), pd.read_parquet(folder / "items.parquet"),
             pd.read_parquet(folder / "texts.parquet"), json.loads((folder / "info.json").read_text()))
+
+
+class ProductIndex:
+    """One scenario's image index with its product table: what search and the arena query."""
+
+    def __init__(self, folder: Path):
+        folder = Path(folder)
+        if not (folder / "image.faiss").exists():
+            raise FileNotFoundError(f"no index in {folder}: run `dvc repro embed@{folder.name}` first")
+        self.folder = folder
+        self.info = json.loads((folder / "info.json").read_text())
+        self.index = faiss.read_index(str(folder / "image.faiss"))
+        self.items = pd.read_parquet(folder / "items.parquet")
+        self.images = np.load(folder / "images.npy", mmap_mode="r")
+        if self.index.ntotal != len(self.items) or self.index.d != self.info["dim"]:
+            raise IndexMismatch(f"{folder}: image.faiss holds {self.index.ntotal} x {self.index.d} but items.parquet/"
+                                f"info.json say {len(self.items)} x {self.info['dim']}; re-run the embed stage")
+
+    def check_model(self, model_file: Path) -> None:
+        """Refuse to search with a model other than the one that embedded the catalog."""
+        expected = self.info.get("model_fingerprint")
+        if expected and file_fingerprint(model_file) != expected:
+            raise IndexMismatch(f"{model_file} is not the model that built {self.folder}/image.faiss; "
+                                f"re-run `dvc repro embed@{self.folder.name}`")
+
+    def allowed(self, where: dict[str, str]) -> np.ndarray | None:
+        """Row ids whose attributes match every `column=value` (case-insensitive); None = no filter."""
+        if not where:
+            return None
+        mask = np.ones(len(self.items), bool)
+        for column, value in where.items():
+            if column not in self.items.columns:
+                options = [c for c in self.items.columns if c not in ("captions",)]
+                raise ValueError(f"--where {column}=...: no attribute {column!r}; filterable: {options}")
+            mask &= self.items[column].astype("string").str.lower().eq(value.lower()).fillna(False).to_numpy()
+        return np.flatnonzero(mask)
+
+    def query(self, vectors: np.ndarray, k: int, where: dict[str, str] | None = None) -> list[list[dict]]:
+        """Ranked products (rank, product_id, title, score) for each query vector."""
+        if vectors.shape[1] != self.index.d:
+            raise IndexMismatch(f"query vectors have {vectors.shape[1]} dims, {self.folder}/image.faiss holds "
+                                f"{self.index.d}: the index was built with another model")
+        scores, ids = search(self.index, normalise(vectors), k, self.allowed(where or {}), self.images)
+        return [[{"rank": r + 1, "product_id": str(self.items.at[int(i), "product_id"]),
+                  "title": str(self.items.at[int(i), "title"]), "score": round(float(s), 4)}
+                 for r, (i, s) in enumerate((i, s) for i, s in zip(row_ids, row_scores) if i >= 0)]
+                for row_ids, row_scores in zip(ids, scores)]

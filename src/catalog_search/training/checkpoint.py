@@ -68,3 +68,9 @@ def load(path: Path, expected_fingerprint: str) -> dict[str, Any] | None:
         print(f"{path}: written by a run with other params; starting from step 0", flush=True)
         return None
     return state
+
+
+def clear(folder: Path) -> None:
+    """Remove a finished run's checkpoints (the folder stays: it is the stage's output)."""
+    for name in (LAST, BEST):
+        (folder / name).unlink(missing_ok=True)

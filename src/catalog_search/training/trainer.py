@@ -67,8 +67,9 @@ def _log(live, record: dict[str, Any]) -> None:
     """One step's record into dvclive (also used to replay a resumed run's history)."""
     if live is None:
         return
-    live.log_metric("train/loss", record["loss"])
-    live.log_metric("train/lr", record["lr"])
+    if "loss" in record:
+        live.log_metric("train/loss", record["loss"])
+        live.log_metric("train/lr", record["lr"])
     for key in ("text_to_image_R@10", "image_to_text_R@10", "text_to_image_mrr"):
         if "val" in record:
             live.log_metric(f"val/{key}", record["val"][key])
@@ -117,7 +118,7 @@ def train(bundle: ModelBundle, scenario: Scenario, train_samples: list[dict], va
     total = cfg["max_steps"] or total_from_epochs
     if not scenario.trains or total == 0:
         val = validate(model, val_enc, device, precision)
-        _log(live, {"loss": float("nan"), "lr": 0.0, "val": val})
+        _log(live, {"val": val})
         return {"steps": 0, "epochs": 0, "val": val, "train_seconds": round(time.perf_counter() - started, 2)}
 
     train_enc = SplitEncoder(model, bundle.preprocess, bundle.tokenizer, train_samples, workers=cfg["workers"], **enc_args)

@@ -149,7 +149,8 @@ def train(bundle: ModelBundle, scenario: Scenario, train_samples: list[dict], va
         step, history, best, since_best = state["step"], state["history"], state["best"], state["since_best"]
         for record in history:
             _log(live, record)
-        print(f"resumed from {last_path} at step {step}/{total}", flush=True)
+        if world.is_main:
+            print(f"resumed from {last_path} at step {step}/{total}", flush=True)
 
     def save_checkpoint(epoch_rng: dict) -> None:
         if last_path and world.is_main:
@@ -201,9 +202,10 @@ def train(bundle: ModelBundle, scenario: Scenario, train_samples: list[dict], va
                     since_best += 1
                 set_train_mode(model, scenario)
                 recent = [r["loss"] for r in (history + [record])[-eval_every:]]
-                print(f"step {step}/{total} (epoch {epoch + 1}): loss {np.mean(recent):.4f} "
-                      f"val t2i R@10 {record['val']['text_to_image_R@10']:.3f} "
-                      f"i2t R@10 {record['val']['image_to_text_R@10']:.3f}", flush=True)
+                if world.is_main:  # one progress line per run, not per rank
+                    print(f"step {step}/{total} (epoch {epoch + 1}): loss {np.mean(recent):.4f} "
+                          f"val t2i R@10 {record['val']['text_to_image_R@10']:.3f} "
+                          f"i2t R@10 {record['val']['image_to_text_R@10']:.3f}", flush=True)
             history.append(record)
             _log(live, record)
             stopped = step >= total or bool(stop_cfg["patience"] and since_best >= stop_cfg["patience"])

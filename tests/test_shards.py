@@ -40,3 +40,19 @@ def test_shards_round_trip_with_manifest(demo_shards):
     assert sample["captions"] == list(row["captions"]) and sample["color"] == row["color"]
     assert sample["image"][:8] == b"\x89PNG\r\n\x1a\n"
     assert not set(s["group_id"] for s in iter_samples(shards, "train")) & set(s["group_id"] for s in iter_samples(shards, "test"))
+
+
+def test_shards_are_webdataset_tars_without_importing_torch(demo_shards):
+    """The stdlib writer/reader keeps the shard stage free of torch; webdataset itself reads the files."""
+    import subprocess
+    import sys
+
+    import webdataset as wds
+
+    shards, _ = demo_shards
+    ours = [(s["key"], s["image"], s["product_id"]) for s in iter_samples(shards, "val")]
+    theirs = [(s["__key__"], s["png"], json.loads(s["json"])["product_id"])
+              for s in wds.WebDataset(shard_urls(shards, "val"), shardshuffle=False, empty_check=False)]
+    assert ours == theirs and ours
+    probe = "import sys, catalog_search.shards, catalog_search.sources, catalog_search.cleaning; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "False"

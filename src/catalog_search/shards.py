@@ -9,13 +9,13 @@ from typing import Iterator
 
 import numpy as np
 import pandas as pd
-import webdataset as wds
 from PIL import Image
 from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
 
 from catalog_search import catalog
 from catalog_search.catalog import ATTRIBUTES, CatalogError
 from catalog_search.io import write_json
+from catalog_search.tars import ShardWriter, read_samples
 
 SPLITS = ["train", "val", "test", "mini_train"]
 
@@ -70,13 +70,12 @@ def write_shards(df: pd.DataFrame, catalog_path: Path, out_dir: Path, samples_pe
     manifest: dict = {"samples_per_shard": samples_per_shard, "splits": {}}
     for split in SPLITS:
         part = df[df["split"] == split] if split != "mini_train" else df[df["mini_train"]]
-        written: list[str] = []
-        with wds.ShardWriter(str(out_dir / f"{split}-%06d.tar"), maxcount=samples_per_shard, mtime=0,
-                             verbose=0, post=written.append) as sink:
+        with ShardWriter(str(out_dir / f"{split}-%06d.tar"), samples_per_shard) as sink:
             for _, row in part.iterrows():
                 sink.write(sample_record(row, catalog.resolve_image(catalog_path, row["image_path"]).read_bytes()))
+        written = sink.written
         # read every shard back: the manifest records what a reader gets, not what we meant to write
-        counts = [sum(1 for _ in wds.WebDataset(f, shardshuffle=False, empty_check=False)) for f in written]
+        counts = [sum(1 for _ in read_samples(Path(f))) for f in written]
         manifest["splits"][split] = {
             "samples": len(part),
             "groups": int(part["group_id"].nunique()),
@@ -100,12 +99,10 @@ def iter_samples(shard_dir: Path, split: str) -> Iterator[dict]:
     Every process reads the whole split (no node or worker splitting): the trainer draws global
     batches from it and each rank embeds its slice of every batch.
     """
-    urls = shard_urls(shard_dir, split)
-    if not urls:
-        return
-    for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False, nodesplitter=None, workersplitter=None):
-        image_key = next(k for k in sample if k in ("jpg", "jpeg", "png", "webp"))
-        yield {"key": sample["__key__"], "image": sample[image_key], **json.loads(sample["json"])}
+    for url in shard_urls(shard_dir, split):
+        for sample in read_samples(Path(url)):
+            image_key = next(k for k in sample if k in ("jpg", "jpeg", "png", "webp"))
+            yield {"key": sample["__key__"], "image": sample[image_key], **json.loads(sample["json"])}
 
 
 def decode_image(data: bytes) -> Image.Image:

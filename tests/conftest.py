@@ -41,12 +41,14 @@ def clean_params():
 @pytest.fixture(scope="session")
 def demo_shards(tmp_path_factory, demo_raw, clean_params):
     """Shards of the cleaned demo catalog (train/val/test/mini_train)."""
+    from catalog_search import catalog
     from catalog_search.cleaning import clean_catalog
     from catalog_search.shards import assign_splits, save_manifest, write_shards
 
-    raw_path, raw = demo_raw
+    raw_path, _ = demo_raw
     out = tmp_path_factory.mktemp("clean")
-    kept, _, _ = clean_catalog(raw, raw_path, out, clean_params)
+    clean_catalog(raw_path, out, clean_params)
+    kept = catalog.load(out / "catalog.parquet")
     kept["split"] = assign_splits(kept, 0.15, 0.15, "article_type", 0)
     kept["mini_train"] = kept["split"] == "train"
     shards = out / "shards"

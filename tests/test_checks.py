@@ -19,6 +19,8 @@ def params():
 @pytest.mark.parametrize("path, value, message", [
     (("data", "source"), "s3", r"data.source='s3'.*'demo', 'table'"),
     (("clean", "backend"), "gpt", r"clean.backend='gpt'.*'rules'"),
+    (("clean", "dedupe", "near"), "drop", r"clean.dedupe.near='drop'.*'reject', 'group', 'keep'"),
+    (("clean", "dedupe", "max_distance"), 200, r"max_distance=200 must be an integer 0..63"),
     (("train", "defaults", "loss"), "triplet", r"train.zero_shot.loss='triplet'.*'infonce', 'siglip'"),
     (("train", "dual_lora", "precision"), "fp8", r"train.dual_lora.precision='fp8'.*'bf16', 'fp16'"),
     (("train", "defaults", "early_stopping", "metric"), "loss", r"early_stopping.metric='loss'.*'text_to_image_R@10'"),

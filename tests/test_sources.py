@@ -1,6 +1,11 @@
+import io
+import json
+
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
+import webdataset as wds
 from PIL import Image
 
 from catalog_search import catalog
@@ -66,5 +71,123 @@ def test_table_errors_name_the_file_and_the_fix(tmp_path):
 def test_missing_required_column_and_unknown_source():
     with pytest.raises(CatalogError, match=r"catalog.csv: missing required column\(s\) \['image_path'\]"):
         catalog.conform(pd.DataFrame({"product_id": ["a"], "title_raw": ["x"]}), "catalog.csv")
-    with pytest.raises(ParamsError, match=r"data.source='s3'.*\['demo', 'table'\]"):
+    with pytest.raises(ParamsError, match=r"data.source='s3'.*\['demo', 'table', 'fashion_product', 'fashiongen', 'webdataset'\]"):
         ingest({"source": "s3", "path": "."}, None)
+
+
+def png(color, size=(40, 40), fmt="PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+FASHION_PRODUCT = {
+    "id": [15970, 39386, 59263], "gender": ["Men", "Men", "Women"], "masterCategory": ["Apparel"] * 2 + ["Accessories"],
+    "subCategory": ["Topwear", "Bottomwear", "Watches"], "articleType": ["Shirts", "Jeans", "Watches"],
+    "baseColour": ["Navy Blue", "Blue", "Silver"], "season": ["Fall", "Summer", "Winter"], "year": [2011.0, 2012.0, None],
+    "usage": ["Casual", "Casual", "Casual"],
+    "productDisplayName": ["Turtle Check Men Navy Blue Shirt", "Peter England Men Party Blue Jeans", "Titan Women Watch"],
+}
+
+
+def test_fashion_product_parquet_maps_the_hierarchy_and_writes_images(tmp_path):
+    images = [{"bytes": png("navy"), "path": "15970.jpg"}, {"bytes": png("blue", fmt="JPEG"), "path": None}, None]
+    pd.DataFrame({**FASHION_PRODUCT, "image": images}).to_parquet(tmp_path / "train-00000-of-00001.parquet")
+    df = ingest({"source": "fashion_product", "path": str(tmp_path), "fashion_product": {"files": "*.parquet"}},
+                tmp_path / "raw")
+    assert df["product_id"].tolist() == ["15970", "39386", "59263"]
+    assert df.loc[0, ["category", "subcategory", "article_type", "color", "gender", "season", "usage"]].tolist() == \
+        ["Apparel", "Topwear", "Shirts", "Navy Blue", "Men", "Fall", "Casual"]
+    assert df.loc[0, "title_raw"] == "Turtle Check Men Navy Blue Shirt" and df.loc[0, "year"] == "2011"
+    assert (tmp_path / "raw" / df.loc[0, "image_path"]).read_bytes() == images[0]["bytes"]
+    assert df.loc[1, "image_path"].endswith(".jpg")  # no name: the bytes say JPEG
+    assert pd.isna(df.loc[2, "image_path"])  # no image: clean rejects the row as missing_image
+    assert df.loc[2, "source"].endswith("train-00000-of-00001.parquet row 2")
+
+
+def test_fashion_product_wrong_layout_names_the_missing_columns(tmp_path):
+    pd.DataFrame({k: v for k, v in FASHION_PRODUCT.items() if k != "articleType"}).to_parquet(tmp_path / "x.parquet")
+    with pytest.raises(CatalogError, match=r"x.parquet: missing column\(s\) \['articleType', 'image'\]; .*expects"):
+        ingest({"source": "fashion_product", "path": str(tmp_path), "fashion_product": {"files": "*.parquet"}}, tmp_path)
+    with pytest.raises(CatalogError, match=r"no parquet files matching '\*.pq'.*data.fashion_product.files"):
+        ingest({"source": "fashion_product", "path": str(tmp_path), "fashion_product": {"files": "*.pq"}}, tmp_path)
+
+
+def write_fashiongen(path, n=5, keys=None):
+    fields = {
+        "input_image": np.stack([np.full((32, 32, 3), 40 * i, np.uint8) for i in range(n)]),
+        "input_productID": np.array([[101], [101], [102], [103], [103]])[:n],
+        "input_name": np.array([[b"LEATHER JACKET"], [b"LEATHER JACKET"], [b"Caf\xe9 Shirt"], [b"Tee"], [b"Tee"]])[:n],
+        "input_description": np.array([[b"<p>Soft lambskin</p>"]] * n),
+        "input_category": np.array([[b"JACKETS & COATS"]] * n),
+        "input_subcategory": np.array([[b"LEATHER JACKETS"]] * n),
+    }
+    with h5py.File(path, "w") as h5:
+        for key, value in fields.items():
+            if keys is None or key in keys:
+                h5.create_dataset(key, data=value)
+
+
+def test_fashiongen_hdf5_groups_the_poses_of_a_product(tmp_path):
+    write_fashiongen(tmp_path / "fashiongen_256_256_train.h5")
+    df = ingest({"source": "fashiongen", "path": str(tmp_path), "fashiongen": {"files": "*.h5"}}, tmp_path / "raw")
+    assert df["product_id"].tolist() == ["101-0", "101-1", "102-0", "103-0", "103-1"]
+    assert df["group_id"].tolist() == ["101", "101", "102", "103", "103"]
+    assert df.loc[2, "title_raw"] == "Café Shirt"  # not UTF-8: read as Latin-1, not a crash
+    assert df.loc[0, "category"] == "JACKETS & COATS" and df.loc[0, "subcategory"] == "LEATHER JACKETS"
+    pixels = np.asarray(Image.open(tmp_path / "raw" / df.loc[3, "image_path"]))
+    assert pixels.shape == (32, 32, 3) and (pixels == 120).all()  # lossless
+    assert df.loc[4, "source"].endswith("fashiongen_256_256_train.h5 index 4")
+
+
+def test_fashiongen_wrong_layout_names_the_missing_keys(tmp_path):
+    write_fashiongen(tmp_path / "f.h5", keys={"input_image", "input_name"})
+    with pytest.raises(CatalogError, match=r"f.h5: missing dataset\(s\) \['input_productID', 'input_description'"):
+        ingest({"source": "fashiongen", "path": str(tmp_path), "fashiongen": {"files": "*.h5"}}, tmp_path)
+
+
+def test_webdataset_shards_keep_every_caption(tmp_path):
+    for shard, samples in enumerate([
+        [{"__key__": "p001", "jpg": png("red", fmt="JPEG"), "txt": "red wool coat"},
+         {"__key__": "p002", "png": png("blue"),
+          "json": json.dumps({"captions": ["blue jeans", "denim trousers"], "color": "Blue", "group_id": "g2"})}],
+        [{"__key__": "p003", "json": json.dumps({"title": "Lost Image Shirt"})}],
+    ]):
+        with wds.TarWriter(str(tmp_path / f"shard-{shard:06d}.tar")) as sink:
+            for sample in samples:
+                sink.write(sample)
+    df = ingest({"source": "webdataset", "path": str(tmp_path), "webdataset": {"urls": "shard-{000000..000001}.tar"}},
+                tmp_path / "raw")
+    assert df["product_id"].tolist() == ["p001", "p002", "p003"]
+    assert df["captions"].map(list).tolist() == [["red wool coat"], ["blue jeans", "denim trousers"], []]
+    assert df["title_raw"].tolist() == ["red wool coat", "blue jeans", "Lost Image Shirt"]
+    assert df.loc[1, "color"] == "Blue" and df.loc[1, "group_id"] == "g2" and df.loc[0, "group_id"] == "p001"
+    assert (tmp_path / "raw" / df.loc[1, "image_path"]).read_bytes() == png("blue") and pd.isna(df.loc[2, "image_path"])
+    assert df.loc[2, "source"].endswith("shard-000001.tar key p003")
+
+
+def test_webdataset_wrong_layout_says_what_a_sample_needs(tmp_path):
+    with wds.TarWriter(str(tmp_path / "labels.tar")) as sink:
+        sink.write({"__key__": "a", "cls": b"3"})
+    with pytest.raises(CatalogError, match=r"labels.tar: samples have \['cls'\]; .*expects an image"):
+        ingest({"source": "webdataset", "path": str(tmp_path), "webdataset": {"urls": "labels.tar"}}, tmp_path / "raw")
+    with pytest.raises(CatalogError, match=r"nope.tar: shard not found"):
+        ingest({"source": "webdataset", "path": str(tmp_path), "webdataset": {"urls": ["nope.tar"]}}, tmp_path / "raw")
+
+
+def test_table_images_by_root_absolute_path_or_downloaded_url(tmp_path):
+    (tmp_path / "pics").mkdir()
+    (tmp_path / "dl" / "cdn.example.com" / "a").mkdir(parents=True)
+    Image.new("RGB", (40, 40), "red").save(tmp_path / "pics" / "r.png")
+    Image.new("RGB", (40, 40), "blue").save(tmp_path / "dl" / "cdn.example.com" / "a" / "img.png")
+    Image.new("RGB", (40, 40), "green").save(tmp_path / "dl" / "g.png")
+    pd.DataFrame({"id": list("abcde"), "title": ["x"] * 5, "image": [
+        "r.png", str(tmp_path / "pics" / "r.png"), "https://cdn.example.com/a/img.png", "https://other.net/x/g.png",
+        "https://cdn.example.com/never.png"]}).to_csv(tmp_path / "cat.csv", index=False)
+    params = {"source": "table", "path": str(tmp_path), "table": {
+        "file": "cat.csv", "image_root": "pics", "url_folder": "dl",
+        "columns": {"product_id": "id", "title_raw": "title", "image_path": "image"}}}
+    df = ingest(params, tmp_path / "raw")
+    assert df["image_path"].tolist()[:4] == [str(tmp_path / "pics" / "r.png")] * 2 + [
+        str(tmp_path / "dl" / "cdn.example.com" / "a" / "img.png"), str(tmp_path / "dl" / "g.png")]
+    assert df.loc[4, "image_path"] == "https://cdn.example.com/never.png"  # clean: image_not_downloaded

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 
 from catalog_search.io import atomic_path
 
@@ -18,7 +19,12 @@ ATTRIBUTES = [
 TEXT_COLUMNS = ["title_raw", "title", "description", "query"]
 COLUMNS = ["product_id", "image_path", *TEXT_COLUMNS, "captions", *ATTRIBUTES, "group_id", "split"]
 REQUIRED = ["product_id", "image_path", "title_raw"]
-REJECTED_COLUMNS = ["source_row", "product_id", "image_path", "title_raw", "reason", "message"]
+# clean's rejects: the raw catalog's row, where the source had it (file and row), the reason code,
+# a message that says what to do, and for duplicates the product they repeat
+REJECTED_SCHEMA = pa.schema([
+    ("source_row", pa.int64()), ("source", pa.string()), ("product_id", pa.string()), ("image_path", pa.string()),
+    ("title_raw", pa.string()), ("reason", pa.string()), ("message", pa.string()), ("duplicate_of", pa.string()),
+])
 
 
 class CatalogError(ValueError):
@@ -48,10 +54,27 @@ def conform(df: pd.DataFrame, where: str) -> pd.DataFrame:
     return df[COLUMNS + extra].reset_index(drop=True)
 
 
-def rejected_frame(rows: list[dict]) -> pd.DataFrame:
-    """Rejected rows as a table with the fixed columns (an empty table keeps its schema)."""
-    df = pd.DataFrame(rows, columns=REJECTED_COLUMNS)
-    return df.astype({"source_row": "Int64", **{c: "string" for c in REJECTED_COLUMNS[1:]}})
+def arrow_schema(raw: pa.Schema) -> pa.Schema:
+    """The clean catalog's parquet schema from the raw one: columns that were all-null in the raw
+    file get their real types (so every chunk clean writes has one schema), plus `duplicate_of`."""
+    fields = []
+    for f in raw:
+        if f.name == "captions":
+            fields.append(pa.field(f.name, pa.list_(pa.string())))
+        elif pa.types.is_null(f.type) or pa.types.is_large_string(f.type):
+            fields.append(pa.field(f.name, pa.string()))
+        else:
+            fields.append(pa.field(f.name, f.type))
+    return pa.schema([*fields, ("duplicate_of", pa.string())])
+
+
+def from_arrow(batch: pa.RecordBatch) -> pd.DataFrame:
+    """A record batch as plain Python objects (None for nulls, lists for captions)."""
+    df = batch.to_pandas(types_mapper=None).astype(object)
+    df = df.where(df.notna(), None)
+    if "captions" in df.columns:
+        df["captions"] = df["captions"].map(lambda c: [] if c is None else list(c))
+    return df
 
 
 def resolve_image(catalog_path: str | Path, image_path: str) -> Path:

@@ -3,6 +3,7 @@ section fails at once with the valid values, before ingest has done any work."""
 from __future__ import annotations
 
 from catalog_search.cleaning import BACKENDS
+from catalog_search.cleaning.dedupe import ACTIONS
 from catalog_search.evaluation import SCORES
 from catalog_search.index import INDEX_KINDS
 from catalog_search.models import open_clip_architectures, project_configs
@@ -14,6 +15,12 @@ from catalog_search.sources import READERS
 def validate(params: dict) -> None:
     check_choice("data.source", params["data"]["source"], READERS)
     check_choice("clean.backend", params["clean"]["backend"], BACKENDS)
+    for kind in ("exact", "near"):
+        check_choice(f"clean.dedupe.{kind}", params["clean"]["dedupe"][kind], ACTIONS)
+    distance = params["clean"]["dedupe"]["max_distance"]
+    if not isinstance(distance, int) or not 0 <= distance <= 63:
+        raise ParamsError(f"params.yaml: clean.dedupe.max_distance={distance!r} must be an integer 0..63 "
+                          "(bits of the 192-bit perceptual hash; 10 catches re-encoded and resized copies)")
     train = params["train"]
     for name in train["scenarios"]:
         check_choice("train.scenarios[]", name, SCENARIOS)

@@ -1,56 +1,96 @@
-"""Image checks: decode fully, normalise to RGB, refuse what cannot be used, store resized."""
+"""Image checks, run in worker processes: decode fully, normalise to RGB, refuse what cannot be
+used, store resized, and fingerprint (content hash + perceptual hash) for the duplicate checks."""
 from __future__ import annotations
 
+import hashlib
+import io
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageOps
+import imagehash
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 
-class ImageRejected(Exception):
-    """The image cannot be used; `reason` is a stable code, the message says why."""
+@dataclass(frozen=True)
+class ImageSettings:
+    """clean.image in params.yaml."""
 
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
+    min_size: int
+    max_size: int
+    max_pixels: int
+    format: str
+
+
+@dataclass
+class ImageResult:
+    """What a worker found: a reason code + message when rejected, else the fingerprints."""
+
+    reason: str | None = None
+    message: str = ""
+    sha256: bytes = b""
+    phash: bytes = b""  # 3 x 64-bit pHash (one per RGB channel): 24 bytes
+    size: tuple[int, int] = (0, 0)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Any mode to RGB; transparency is composited on white (catalog photos sit on white)."""
-    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+    """Any mode to 8-bit RGB; transparency is composited on white (catalog photos sit on white)."""
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    if img.mode.startswith("I;16") or img.mode == "I":
-        return img.point(lambda v: v / 256).convert("L").convert("RGB")
+    if img.mode.startswith("I;16") or img.mode == "I":  # 16-bit grey: keep the top 8 bits
+        return Image.fromarray((np.asarray(img, np.uint32) >> 8).clip(0, 255).astype(np.uint8)).convert("RGB")
     return img.convert("RGB")
 
 
-def check_and_store(src: Path, dst: Path, min_size: int, max_size: int, max_pixels: int) -> tuple[int, int]:
-    """Validate `src` and write it as RGB to `dst`, shrunk so its longest side is <= max_size.
+def perceptual_hash(rgb: Image.Image) -> bytes:
+    """pHash of each RGB channel: a re-encoded or resized copy stays within a few bits, while a
+    colour variant of the same garment (same shape, other colour) does not, as a grey pHash would."""
+    return b"".join(np.packbits(imagehash.phash(channel).hash.ravel()).tobytes() for channel in rgb.split())
 
-    Returns the original (width, height). Raises ImageRejected with a reason code.
-    """
-    if not src.is_file():
-        raise ImageRejected("missing_image", f"image file not found: {src}")
-    Image.MAX_IMAGE_PIXELS = max_pixels
+
+def inspect_image(src: str | None, dst: str, settings: ImageSettings) -> ImageResult:
+    """Check `src` and store it as RGB at `dst`, shrunk so its longest side is <= max_size."""
+    if src is None:
+        return ImageResult("missing_image", "no image_path given")
+    if src.startswith(("http://", "https://")):
+        return ImageResult("image_not_downloaded", f"{src} is a URL; download the images into a folder and set "
+                                                   "data.table.url_folder (nothing is downloaded at run time)")
+    path = Path(src)
+    if not path.is_file():
+        return ImageResult("image_not_found", f"image file not found: {src}")
+    data = path.read_bytes()
+    if not data:
+        return ImageResult("empty_image_file", f"{src} is an empty (0-byte) file")
+    Image.MAX_IMAGE_PIXELS = settings.max_pixels
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(src) as img:
+            with Image.open(io.BytesIO(data)) as img:  # the header alone tells a bomb: nothing is allocated
                 img.load()  # full decode: truncated files fail here, not later in training
                 img = ImageOps.exif_transpose(img)
-                size = img.size
-                if min(size) < min_size:
-                    raise ImageRejected("image_too_small", f"{src}: {size[0]}x{size[1]} is below clean.min_image_size={min_size}")
                 rgb = to_rgb(img)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageRejected("decompression_bomb", f"{src}: {e}") from e
-    except ImageRejected:
-        raise
-    except Exception as e:  # PIL raises many types for corrupt input; all mean "not usable"
-        raise ImageRejected("unreadable_image", f"{src}: cannot decode as an image ({type(e).__name__}: {e})") from e
-    rgb.thumbnail((max_size, max_size), Image.BICUBIC)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    rgb.save(dst, quality=95) if dst.suffix.lower() in (".jpg", ".jpeg") else rgb.save(dst)
-    return size
+        return ImageResult("decompression_bomb", f"{src}: {e} (clean.image.max_pixels={settings.max_pixels})")
+    except UnidentifiedImageError:
+        return ImageResult("not_an_image", f"{src} is not an image file PIL can identify "
+                                           f"(starts with {data[:12]!r})")
+    except (OSError, SyntaxError, ValueError) as e:  # PIL's ways of saying "corrupt"
+        reason = "truncated_image" if "truncated" in str(e) or "broken data stream" in str(e) else "unreadable_image"
+        return ImageResult(reason, f"{src}: cannot decode ({type(e).__name__}: {e})")
+    except Exception as e:  # corrupt input makes PIL raise many other types; none may stop the stage
+        return ImageResult("unreadable_image", f"{src}: cannot decode ({type(e).__name__}: {e})")
+    if min(rgb.size) < settings.min_size:
+        return ImageResult("image_too_small", f"{src}: {rgb.size[0]}x{rgb.size[1]} is below "
+                                              f"clean.image.min_size={settings.min_size}")
+    rgb.thumbnail((settings.max_size, settings.max_size), Image.BICUBIC)
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    rgb.save(dst, quality=95) if settings.format == "jpg" else rgb.save(dst, format=settings.format.upper())
+    return ImageResult(None, "", hashlib.sha256(data).digest(), perceptual_hash(rgb), rgb.size)
+
+
+def inspect_batch(tasks: list[tuple[str | None, str]], settings: ImageSettings) -> list[ImageResult]:
+    """One pool task: many images, so inter-process overhead is paid per batch, not per image."""
+    return [inspect_image(src, dst, settings) for src, dst in tasks]

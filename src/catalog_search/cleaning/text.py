@@ -1,8 +1,9 @@
-"""Title normalisation by rules: the patterns come from params.yaml (clean.title), not from code."""
+"""Text normalisation by rules: the patterns come from params.yaml (clean.title), not from code."""
 from __future__ import annotations
 
 import html
 import re
+import string
 import unicodedata
 from dataclasses import dataclass
 
@@ -29,6 +30,12 @@ def _capitalise(word: str) -> str:
     return word[:1].upper() + word[1:].lower()
 
 
+def clean_text(raw: str | None) -> str:
+    """Unicode (NFKC), HTML entities and tags, whitespace: for descriptions and captions."""
+    text = unicodedata.normalize("NFKC", html.unescape(raw or ""))
+    return _SPACE.sub(" ", _TAG.sub(" ", text)).strip()
+
+
 def clean_title(raw: str, rules: TitleRules) -> str:
     """Strip markup, brands, SKUs, prices, pack sizes and shipping text; fix shouting case."""
     text = unicodedata.normalize("NFKC", _SYMBOLS.sub(" ", html.unescape(raw or "")))
@@ -41,7 +48,31 @@ def clean_title(raw: str, rules: TitleRules) -> str:
     return text
 
 
-def assemble_captions(title: str, source_captions: list[str], description: str | None) -> list[str]:
-    """Several texts per image (caption augmentation): title, the source's captions, description."""
-    texts = [title, *source_captions, description or ""]
+@dataclass(frozen=True)
+class CaptionTemplates:
+    """Captions from attributes, e.g. "a photo of a {color} {article_type}" (clean.captions.templates).
+
+    A template is used for a row only when every attribute it names is known there.
+    """
+
+    templates: tuple[tuple[str, tuple[str, ...]], ...]
+
+    @classmethod
+    def from_params(cls, templates: list[str]) -> "CaptionTemplates":
+        return cls(tuple((t, tuple(f for _, f, _, _ in string.Formatter().parse(t) if f)) for t in templates))
+
+    def render(self, attributes: dict) -> list[str]:
+        out = []
+        for template, fields in self.templates:
+            values = {f: attributes.get(f) for f in fields}
+            if all(isinstance(v, str) and v.strip() for v in values.values()):
+                out.append(template.format(**{f: v.strip().lower() for f, v in values.items()}))
+        return out
+
+
+def assemble_captions(title: str, source_captions: list[str], description: str | None,
+                      templated: list[str] = ()) -> list[str]:
+    """Several texts per image (caption augmentation): title, the source's captions, description,
+    then the attribute templates; duplicates dropped, order kept."""
+    texts = [title, *(clean_text(c) for c in source_captions), description or "", *templated]
     return list(dict.fromkeys(t.strip() for t in texts if t and t.strip()))

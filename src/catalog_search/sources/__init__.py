@@ -2,7 +2,9 @@
 
 A reader is `read(path, cfg, out_dir) -> DataFrame`: `path` is the input location
 (`data.path`), `cfg` its own params section, `out_dir` where it may write files it creates
-(the demo writes its images there). New formats register here.
+(the demo and the sources with embedded images write their images there). A reader may add a
+`source` column naming each row's origin (file and row); clean's messages quote it. New formats
+register here.
 """
 from __future__ import annotations
 
@@ -14,13 +16,20 @@ import pandas as pd
 from catalog_search import catalog
 from catalog_search.params import check_choice
 from catalog_search.sources.demo import build_demo
+from catalog_search.sources.fashion_product import read_fashion_product
+from catalog_search.sources.fashiongen import read_fashiongen
 from catalog_search.sources.table import read_table
+from catalog_search.sources.webdataset import read_webdataset
 
 Reader = Callable[[Path, dict, Path], pd.DataFrame]
 
 READERS: dict[str, Reader] = {
     "demo": lambda path, cfg, out: build_demo(path, out, **cfg),
-    "table": lambda path, cfg, out: read_table(path / cfg["file"], cfg["columns"], cfg.get("encoding", "utf-8")),
+    "table": lambda path, cfg, out: read_table(path / cfg["file"], cfg["columns"], cfg.get("encoding", "utf-8"),
+                                               cfg.get("image_root"), cfg.get("url_folder")),
+    "fashion_product": lambda path, cfg, out: read_fashion_product(path, cfg["files"], out),
+    "fashiongen": lambda path, cfg, out: read_fashiongen(path, cfg["files"], out),
+    "webdataset": lambda path, cfg, out: read_webdataset(path, cfg["urls"], out),
 }
 
 
@@ -30,7 +39,8 @@ def ingest(data_params: dict, out_dir: Path) -> pd.DataFrame:
     check_choice("data.source", source, READERS)
     df = READERS[source](Path(data_params["path"]), data_params.get(source) or {}, out_dir)
     where = str(Path(data_params["path"]) / (data_params.get(source) or {}).get("file", ""))
-    df = catalog.conform(df, where)
     if df.empty:
         raise catalog.CatalogError(f"{where}: the source has no rows; nothing to build a catalog from.")
-    return df
+    if "source" not in df.columns:  # where each row came from, for clean's messages
+        df["source"] = [f"{source} row {i}" for i in range(len(df))]
+    return catalog.conform(df, where)

@@ -1,29 +1,31 @@
-"""Your own catalog: a CSV or parquet file plus its images, column names mapped in params."""
+"""Your own catalog: a CSV or parquet file plus its images, column names mapped in params.
+
+Images are paths relative to `image_root` (default: the table's folder) or absolute, or URLs
+whose files were already downloaded into `url_folder` (this project never downloads at run time):
+a URL is found there under its host/path (`wget -x` layout) or its file name.
+"""
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import pandas as pd
 
 from catalog_search.catalog import CatalogError
 
 
-def read_table(path: Path, columns: dict[str, str], encoding: str = "utf-8") -> pd.DataFrame:
-    """Read `path` and rename the user's columns to the Catalog's (`columns`: catalog -> user).
-
-    Image paths stay as given: relative to the table's folder, or absolute.
-    """
+def read_table(path: Path, columns: dict[str, str], encoding: str = "utf-8", image_root: str | None = None,
+               url_folder: str | None = None) -> pd.DataFrame:
+    """Read `path` and rename the user's columns to the Catalog's (`columns`: catalog -> user)."""
     if not path.exists():
         raise CatalogError(f"{path}: catalog table not found; set data.path and data.table.file in params.yaml.")
-    if path.suffix.lower() == ".parquet":
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
         df = pd.read_parquet(path)
-    elif path.suffix.lower() in (".csv", ".tsv"):
-        try:
-            df = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",", dtype=str,
-                             keep_default_na=False, na_values=[""], encoding=encoding)
-        except UnicodeDecodeError as e:
-            raise CatalogError(f"{path}: not valid {encoding} at byte {e.start}; set data.table.encoding "
-                               "(e.g. latin-1) or re-save the file as UTF-8.") from e
+        where = [f"{path} row {i}" for i in range(len(df))]
+    elif suffix in (".csv", ".tsv"):
+        df = _read_csv(path, "\t" if suffix == ".tsv" else ",", encoding)
+        where = [f"{path} row {i + 1}" for i in range(len(df))]  # data rows, 1-based, header not counted
     else:
         raise CatalogError(f"{path}: unsupported table type {path.suffix!r}; use .csv, .tsv or .parquet.")
     missing = {ours: theirs for ours, theirs in columns.items() if theirs not in df.columns}
@@ -33,5 +35,42 @@ def read_table(path: Path, columns: dict[str, str], encoding: str = "utf-8") -> 
             f"the file has {list(df.columns)}. Fix data.table.columns in params.yaml."
         )
     df = df.rename(columns={theirs: ours for ours, theirs in columns.items()})
-    df["image_path"] = [str(path.parent / p) if isinstance(p, str) else p for p in df["image_path"]]
+    root = (path.parent / (image_root or "")).resolve()  # absolute: later stages read from elsewhere
+    urls = None if url_folder is None else path.parent / url_folder  # an absolute url_folder stays absolute
+    df["image_path"] = [_locate(p, root, urls) for p in df["image_path"]]
+    df["source"] = where
     return df
+
+
+def _read_csv(path: Path, sep: str, encoding: str) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""], encoding=encoding)
+    except UnicodeDecodeError as e:
+        data = path.read_bytes()
+        try:  # pandas reports the offset inside its read buffer; find the file's own
+            data.decode(encoding)
+            start = e.start
+        except UnicodeDecodeError as whole:
+            start = whole.start
+        line = data.count(b"\n", 0, start) + 1
+        raise CatalogError(f"{path}: not valid {encoding} at byte {start} (line {line}: "
+                           f"{data.splitlines()[line - 1][:80]!r}); set data.table.encoding (e.g. latin-1, cp1252) "
+                           "or re-save the file as UTF-8.") from e
+
+
+def _locate(value, root: Path, url_folder: Path | None) -> str | None:
+    """A table's image value -> a local path (str), or the value unchanged when it cannot be found.
+
+    An unresolved URL stays a URL: clean rejects that row with a message naming the folder to fill.
+    """
+    if not isinstance(value, str) or not value.strip():
+        return None
+    if not value.startswith(("http://", "https://")):
+        return str(root / value)
+    if url_folder is None:
+        return value
+    url = urlparse(value)
+    for candidate in (url_folder / url.netloc / unquote(url.path).lstrip("/"), url_folder / Path(unquote(url.path)).name):
+        if candidate.is_file():
+            return str(candidate)
+    return value

@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 
 from catalog_search.checks import validate
-from catalog_search.cleaning import clean_catalog
+from catalog_search.cleaning.rules import clean_catalog
 from catalog_search.io import write_json
 from catalog_search.params import load_params
 

@@ -42,7 +42,7 @@ def clean_params():
 def demo_shards(tmp_path_factory, demo_raw, clean_params):
     """Shards of the cleaned demo catalog (train/val/test/mini_train)."""
     from catalog_search import catalog
-    from catalog_search.cleaning import clean_catalog
+    from catalog_search.cleaning.rules import clean_catalog
     from catalog_search.shards import assign_splits, save_manifest, write_shards
 
     raw_path, _ = demo_raw

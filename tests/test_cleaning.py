@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 
 from catalog_search import catalog
 from catalog_search.catalog import CatalogError
-from catalog_search.cleaning import clean_catalog
+from catalog_search.cleaning.rules import clean_catalog
 from catalog_search.cleaning.text import CaptionTemplates, TitleRules, assemble_captions, clean_text, clean_title
 from catalog_search.sources import ingest
 
@@ -50,6 +50,18 @@ def test_demo_titles_mostly_recovered(demo_raw, clean_params, tmp_path):
     assert kept["title"].str.contains(r"SKU|\$|Set of|Shipping|NORDVIK", regex=True).sum() == 0
     assert all(kept.loc[i, "title"] in kept.loc[i, "captions"] for i in kept.index)
     assert (kept["captions"].map(len) >= 4).all()  # title, source captions, description, templates
+
+
+def test_perceptual_hash_is_imagehash_phash_per_channel():
+    import imagehash
+
+    from catalog_search.cleaning.images import perceptual_hash
+
+    for seed in range(5):
+        rgb = pattern(seed, (90, 70))
+        small = rgb.resize((32, 32), Image.LANCZOS)
+        reference = b"".join(np.packbits(imagehash.phash(c).hash.ravel()).tobytes() for c in small.split())
+        assert perceptual_hash(rgb) == reference
 
 
 # ---- the bad-catalog corpus: every failure a real catalog has, in one CSV -------------------------
@@ -155,6 +167,8 @@ def test_bad_catalog_corpus_every_row_lands_where_it_should(tmp_path, clean_para
     # the near-identical copy is kept, in the original's group, pointing at it
     assert kept.loc["resized", "duplicate_of"] == "ok" and kept.loc["resized", "group_id"] == kept.loc["ok", "group_id"]
 
+    # an RGB PNG within the storage size is copied byte for byte; the rest are re-encoded as RGB PNG
+    assert (tmp_path / "out" / kept.loc["ok", "image_path"]).read_bytes() == (tmp_path / "src/img/good.png").read_bytes()
     stored = {pid: Image.open(tmp_path / "out" / kept.loc[pid, "image_path"]) for pid in kept.index}
     assert all(im.mode == "RGB" for im in stored.values())
     assert stored["rotated"].size == (40, 80)  # EXIF orientation applied

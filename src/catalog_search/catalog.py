@@ -68,15 +68,6 @@ def arrow_schema(raw: pa.Schema) -> pa.Schema:
     return pa.schema([*fields, ("duplicate_of", pa.string())])
 
 
-def from_arrow(batch: pa.RecordBatch) -> pd.DataFrame:
-    """A record batch as plain Python objects (None for nulls, lists for captions)."""
-    df = batch.to_pandas(types_mapper=None).astype(object)
-    df = df.where(df.notna(), None)
-    if "captions" in df.columns:
-        df["captions"] = df["captions"].map(lambda c: [] if c is None else list(c))
-    return df
-
-
 def resolve_image(catalog_path: str | Path, image_path: str) -> Path:
     """An image path from the catalog, relative to the catalog file's folder (or absolute)."""
     return Path(catalog_path).parent / image_path

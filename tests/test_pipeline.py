@@ -1,4 +1,5 @@
 """End to end: the real dvc.yaml in a temporary git repo, on a tiny catalog and a tiny model."""
+import io
 import json
 import os
 import re
@@ -149,3 +150,49 @@ def test_arena_typed_query_uses_both_trained_models(repo, tmp_path):
     assert "1 votes" in report.stdout
     stats = json.loads((tmp_path / "arena.json").read_text())["pairs"]["dual_lora vs zero_shot"]
     assert stats["decided"] == 1 and stats["dual_lora"]["wins"] + stats["zero_shot"]["wins"] == 1
+
+
+def test_fashion_product_source_through_ingest_clean_shard(tmp_path):
+    """Another source on the real graph: bad rows set aside with reasons, the rest sharded."""
+    from test_cleaning import pattern
+
+    data = tmp_path / "hf"
+    data.mkdir()
+    images = []
+    for i in range(30):
+        buffer = io.BytesIO()
+        pattern(100 + i).save(buffer, "JPEG", quality=90)
+        images.append({"bytes": buffer.getvalue(), "path": f"{i}.jpg"})
+    images[3] = {"bytes": images[3]["bytes"][:200], "path": "3.jpg"}  # truncated download
+    images[4] = None  # no image
+    ids = list(range(1000, 1030))
+    ids[7] = ids[6]  # a duplicated id
+    types = ["Shirts", "Jeans", "Watches"]
+    pd.DataFrame({
+        "id": ids, "gender": ["Men", "Women"] * 15, "masterCategory": ["Apparel"] * 30,
+        "subCategory": ["Topwear"] * 30, "articleType": [types[i % 3] for i in range(30)],
+        "baseColour": ["Navy Blue"] * 30, "season": ["Fall"] * 30, "year": [2012] * 30, "usage": ["Casual"] * 30,
+        "productDisplayName": [f"Brand Men Navy {types[i % 3]} {i}" for i in range(30)], "image": images,
+    }).to_parquet(data / "train-00000-of-00001.parquet")
+    root = tmp_path / "project"
+    root.mkdir()
+    for name in ("dvc.yaml", ".dvcignore"):
+        shutil.copy(ROOT / name, root / name)
+    for name in ("stages", "src", ".dvc"):
+        shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "cache", "tmp"))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["data"].update(source="fashion_product", path=str(data))
+    params["shard"].update(mini_train_size=4, samples_per_shard=10)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "init", "-q"], root)
+    log = run(["dvc", "repro", "shard"], root).stdout
+    assert stages_run(log) == {"ingest", "clean", "shard"}
+    metrics = json.loads((root / "metrics/clean.json").read_text())
+    assert metrics["rows_in"] == 30 and metrics["rows_kept"] == 27
+    assert metrics["rejected_by_reason"] == {"duplicate_product_id": 1, "missing_image": 1, "truncated_image": 1}
+    rejected = pd.read_parquet(root / "data/clean/rejected.parquet")
+    assert rejected["message"].str.contains("train-00000-of-00001.parquet row").all()
+    kept = pd.read_parquet(root / "data/clean/catalog.parquet")
+    assert "men shirts in navy blue" in kept["captions"].iloc[0]  # the attribute template
+    manifest = json.loads((root / "data/shards/manifest.json").read_text())
+    assert sum(manifest["splits"][s]["samples"] for s in ("train", "val", "test")) == 27

@@ -59,5 +59,7 @@ def test_two_processes_match_one_on_the_same_global_batch(shards, tmp_path, loss
     assert multi["steps"] == single["steps"] == 6
     assert multi["final_loss"] == pytest.approx(single["final_loss"], rel=1e-5)
     assert multi["grad_norms"] == pytest.approx(single["grad_norms"], rel=1e-4)
+    # Adam divides by sqrt(v): where an element's gradient is ~0, a 1e-7 difference in the order of
+    # the ranks' float sums becomes a visible step; 5e-5 is still 1/60 of one step (lr 3e-3)
     for name, tensor in single_state.items():
-        torch.testing.assert_close(multi_state[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+        torch.testing.assert_close(multi_state[name], tensor, rtol=1e-4, atol=5e-5, msg=lambda m: f"{name}: {m}")

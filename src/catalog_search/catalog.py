@@ -73,9 +73,12 @@ def resolve_image(catalog_path: str | Path, image_path: str) -> Path:
     return Path(catalog_path).parent / image_path
 
 
+ROW_GROUP = 10_000  # rows per parquet row group: a reader streaming the file holds one group at a time
+
+
 def save(df: pd.DataFrame, path: str | Path) -> None:
     with atomic_path(path) as tmp:
-        df.to_parquet(tmp, index=False)
+        df.to_parquet(tmp, index=False, row_group_size=ROW_GROUP)
 
 
 def load(path: str | Path) -> pd.DataFrame:

@@ -90,7 +90,7 @@ def inspect_image(src: str | None, dst: str, settings: ImageSettings) -> ImageRe
         return ImageResult("not_an_image", f"{src} is not an image file PIL can identify "
                                            f"(starts with {data[:12]!r})")
     except (OSError, SyntaxError, ValueError) as e:  # PIL's ways of saying "corrupt"
-        reason = "truncated_image" if "truncated" in str(e) or "broken data stream" in str(e) else "unreadable_image"
+        reason = "truncated_image" if "truncated" in str(e).lower() or "broken data stream" in str(e) else "unreadable_image"
         return ImageResult(reason, f"{src}: cannot decode ({type(e).__name__}: {e})")
     except Exception as e:  # corrupt input makes PIL raise many other types; none may stop the stage
         return ImageResult("unreadable_image", f"{src}: cannot decode ({type(e).__name__}: {e})")

@@ -36,7 +36,7 @@ class _Chunk:
     rows: dict[int, dict]  # the raw rows by source row number
     rejected: list[dict]  # rows the text/id checks already refused
     pending: list[tuple[int, str]]  # (row, stored image name) waiting for their image check
-    results: object  # AsyncResult (or a plain list when checked in-process)
+    results: object  # the pool's AsyncResult, or _Done when checked in-process
 
 
 class _InProcess:

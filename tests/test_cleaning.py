@@ -27,6 +27,7 @@ def rules(clean_params):
     ("<b>Navy&nbsp;Coat</b> &amp; more | FAST DELIVERY", "Navy Coat & more"),
     ("Blue Sneakers, 3-pack, SKU: AB-12", "Blue Sneakers"),
     ("Ｗｉｄｅ  Ｌｅｇ Trousers", "Wide Leg Trousers"),  # full-width letters: NFKC
+    ("HOT DEAL!! Linen Shirt - 30% OFF", "Linen Shirt"),
 ])
 def test_title_rules(rules, raw, clean):
     assert clean_title(raw, rules) == clean

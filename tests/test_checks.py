@@ -21,6 +21,8 @@ def params():
     (("clean", "backend"), "gpt", r"clean.backend='gpt'.*'rules'"),
     (("clean", "dedupe", "near"), "drop", r"clean.dedupe.near='drop'.*'reject', 'group', 'keep'"),
     (("clean", "dedupe", "max_distance"), 200, r"max_distance=200 must be an integer 0..63"),
+    (("clean", "workers"), -1, r"clean.workers=-1 must be 0 \(in-process\)"),
+    (("clean", "chunk_rows"), 0, r"clean.chunk_rows=0 must be a positive integer"),
     (("train", "defaults", "loss"), "triplet", r"train.zero_shot.loss='triplet'.*'infonce', 'siglip'"),
     (("train", "dual_lora", "precision"), "fp8", r"train.dual_lora.precision='fp8'.*'bf16', 'fp16'"),
     (("train", "defaults", "early_stopping", "metric"), "loss", r"early_stopping.metric='loss'.*'text_to_image_R@10'"),

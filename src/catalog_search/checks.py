@@ -17,6 +17,12 @@ def validate(params: dict) -> None:
     check_choice("clean.backend", params["clean"]["backend"], BACKENDS)
     for kind in ("exact", "near"):
         check_choice(f"clean.dedupe.{kind}", params["clean"]["dedupe"][kind], ACTIONS)
+    workers, chunk = params["clean"]["workers"], params["clean"]["chunk_rows"]
+    if workers is not None and (not isinstance(workers, int) or workers < 0):
+        raise ParamsError(f"params.yaml: clean.workers={workers!r} must be 0 (in-process), a positive integer, "
+                          "or null (all cores)")
+    if not isinstance(chunk, int) or chunk < 1:
+        raise ParamsError(f"params.yaml: clean.chunk_rows={chunk!r} must be a positive integer")
     distance = params["clean"]["dedupe"]["max_distance"]
     if not isinstance(distance, int) or not 0 <= distance <= 63:
         raise ParamsError(f"params.yaml: clean.dedupe.max_distance={distance!r} must be an integer 0..63 "

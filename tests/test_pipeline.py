@@ -44,6 +44,8 @@ def repo(tmp_path_factory):
     params["train"]["scenarios"] = SCENARIOS
     params["train"]["defaults"].update(epochs=1, batch_size=32)
     params["train"]["linear_probe"] = {"epochs": 2, "lr": 0.003}
+    params["attributes"].update(image_size=32, epochs=1, batch_size=32, head_hidden=32, min_count=2,
+                                lora={"r": 4, "alpha": 8, "dropout": 0.05, "last_blocks": 1})
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], root)
     run(["git", "add", "-A"], root)
@@ -54,7 +56,8 @@ def repo(tmp_path_factory):
 
 def test_repro_builds_every_stage_output(repo):
     root, log = repo
-    assert stages_run(log) == ({"ingest", "clean", "shard", "report", "train_text", "evaluate_text"}
+    assert stages_run(log) == ({"ingest", "clean", "shard", "report", "train_text", "evaluate_text",
+                                "train_attributes", "evaluate_attributes", "predict_attributes"}
                                | {f"{s}@{n}" for s in ("train", "embed", "evaluate") for n in SCENARIOS})
     assert json.loads((root / "metrics/clean.json").read_text())["rows_in"] == 160
     manifest = json.loads((root / "data/shards/manifest.json").read_text())
@@ -75,6 +78,30 @@ def test_repro_builds_every_stage_output(repo):
     text = json.loads((root / "metrics/text_embedder.json").read_text())
     assert set(text) == {"base", "tuned", "gain"} and 0 <= text["tuned"]["MRR@10"] <= 1
     assert (root / "models/text_embedder/adapter_model.safetensors").exists()
+
+
+def test_attribute_stages_evaluate_and_fill_the_catalog_gaps(repo):
+    root, _ = repo
+    metrics = json.loads((root / "metrics/attributes.json").read_text())
+    assert set(metrics["attributes"]) == {"category", "subcategory", "article_type", "color", "pattern"}
+    assert 0 <= metrics["hierarchy_consistency"] <= 1 and set(metrics["consistency"]) >= {"category>subcategory"}
+    confusion = json.loads((root / "reports/attributes/confusion.json").read_text())
+    assert len(confusion) == metrics["attributes"]["article_type"]["n"]
+    assert json.loads((root / "metrics/train_attributes.json").read_text())["lora_params"] > 0
+    assert (root / "models/attributes/adapter/adapter_model.safetensors").exists()
+    kept = pd.read_parquet(root / "data/clean/catalog.parquet")
+    records = [json.loads(line) for line in (root / "data/attributes/predictions.jsonl").read_text().splitlines()]
+    assert [r["product_id"] for r in records] == kept["product_id"].tolist()
+    summary = json.loads((root / "metrics/predict_attributes.json").read_text())["attributes"]
+    for column in ("color", "article_type"):  # the demo leaves ~8% of each attribute out
+        gaps = kept[column].isna()
+        assert 0 < gaps.sum() == summary[column]["filled"] + summary[column]["unknown"]
+        for record, (_, row) in zip(records, kept.iterrows()):
+            value = record["attributes"][column]
+            if pd.isna(row[column]):
+                assert value["source"] in ("predicted", None) and (value["value"] is None) == (value["source"] is None)
+            else:
+                assert value == {**value, "value": row[column], "source": "catalog"}
 
 
 def test_second_repro_is_a_no_op(repo):

@@ -143,6 +143,26 @@ class ProductIndex:
             raise IndexMismatch(f"{model_file} is not the model that built {self.folder}/image.faiss; "
                                 f"re-run `dvc repro embed@{self.folder.name}`")
 
+    def fill_attributes(self, predictions: Path) -> int:
+        """Fill the product table's missing attributes with the values predict_attributes filled
+        (`source: predicted`, confident ones only), so a filter also finds the products whose feed
+        left that attribute out. A value the catalog gave is never replaced. Returns how many were filled."""
+        filled: dict[str, dict[str, str]] = {}
+        with open(predictions, encoding="utf-8") as f:
+            for line in f:
+                record = json.loads(line)
+                for column, v in record["attributes"].items():
+                    if v["source"] == "predicted":
+                        filled.setdefault(column, {})[record["product_id"]] = v["value"]
+        count = 0
+        for column, values in filled.items():
+            if column not in self.items.columns:
+                continue
+            before = int(self.items[column].notna().sum())
+            self.items[column] = self.items[column].fillna(self.items["product_id"].map(values))
+            count += int(self.items[column].notna().sum()) - before
+        return count
+
     def allowed(self, where: dict[str, str]) -> np.ndarray | None:
         """Row ids whose attributes match every `column=value` (case-insensitive); None = no filter."""
         if not where:

@@ -2,7 +2,8 @@
 
 Test-set captions and catalog images already have embeddings on disk, so the arena answers
 those without torch; a typed query or a query photo loads the scenario's merged open_clip
-checkpoint (and torch) once.
+checkpoint (and torch) once. Attribute filters also match the values the attribute classifier
+filled in where the catalog had none (predict_attributes).
 """
 from __future__ import annotations
 
@@ -15,10 +16,16 @@ from PIL import Image
 from catalog_search.index import ProductIndex
 
 
+PREDICTED_ATTRIBUTES = "data/attributes/predictions.jsonl"  # predict_attributes' output
+
+
 class ScenarioSearch:
     def __init__(self, scenario: str, root: Path = Path(".")):
         self.scenario = scenario
         self.index = ProductIndex(Path(root) / "data/embeddings" / scenario)
+        predictions = Path(root) / PREDICTED_ATTRIBUTES
+        if predictions.exists():  # filters see the attributes the classifier filled in
+            self.index.fill_attributes(predictions)
         self.model_dir = Path(root) / "models" / scenario / "merged"
         self._model: Any = None
 

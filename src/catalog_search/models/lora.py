@@ -8,26 +8,26 @@ from peft import LoraConfig
 from peft.tuners.lora import LoraModel
 
 from catalog_search.models.scenarios import Scenario
-from catalog_search.models.towers import Tower, find_towers, tower_param_names
+from catalog_search.models.towers import find_towers, tower_param_names
 
 ADAPTER = "default"
 
 
-def lora_target_regex(model: nn.Module, tower: Tower, last_blocks: int | None) -> str:
-    """A regex (peft matches it against full module names) for the tower's LoRA targets.
+def lora_target_regex(model: nn.Module, blocks_path: str, targets: tuple[str, ...], last_blocks: int | None) -> str:
+    """A regex (peft matches it against full module names) for the `targets` inside the blocks
+    at `blocks_path`.
 
     `last_blocks` limits LoRA to the final N blocks: backward then stops there, which is what
     makes LoRA on a convolutional tower affordable on a CPU.
     """
-    n = len(model.get_submodule(tower.blocks_path))
+    n = len(model.get_submodule(blocks_path))
     blocks = range(n - last_blocks if last_blocks else 0, n)
-    return (rf"{re.escape(tower.blocks_path)}\.({'|'.join(map(str, blocks))})\.(.*\.)?"
-            rf"({'|'.join(tower.lora_targets)})")
+    return rf"{re.escape(blocks_path)}\.({'|'.join(map(str, blocks))})\.(.*\.)?({'|'.join(targets)})"
 
 
 def lora_config(model: nn.Module, scenario: Scenario, lora: dict) -> LoraConfig | None:
     towers = find_towers(model)
-    patterns = [lora_target_regex(model, towers[t], lora.get(f"{t}_last_blocks"))
+    patterns = [lora_target_regex(model, towers[t].blocks_path, towers[t].lora_targets, lora.get(f"{t}_last_blocks"))
                 for t in ("image", "text") if scenario.tower_mode(t) == "lora"]
     if not patterns:
         return None

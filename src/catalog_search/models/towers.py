@@ -18,6 +18,7 @@ LORA_TARGETS: dict[str, tuple[str, tuple[str, ...]]] = {
     "TimmVisionTransformer": ("trunk.blocks", ("qkv", "proj", "fc1", "fc2")),
     "OpenClipTransformer": ("transformer.resblocks", ("attn", "c_fc", "c_proj")),  # attn = peft's MHA LoRA
     "BertFamily": ("transformer.encoder.layer", ("query", "key", "value", "dense")),
+    "ViTModel": ("trunk.layers", ("q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2")),  # transformers 5.x
 }
 
 

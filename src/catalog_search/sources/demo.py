@@ -33,6 +33,7 @@ COLORS = {
     "Purple": (120, 50, 150), "Brown": (115, 70, 40), "Orange": (240, 120, 30),
 }
 PATTERNS = ["solid", "striped", "polka dot", "checked"]
+HIDEABLE = ["category", "subcategory", "article_type", "color", "pattern"]
 NOISE_BRANDS = ["NORDVIK®", "Urban-Co", "LUMIERE", "Maison Kade™", "ACME Apparel"]
 NOISE_SHIPPING = ["Free Shipping", "FAST DELIVERY", "Ships in 24h", "Free Returns"]
 DESCRIPTIONS = [
@@ -109,8 +110,12 @@ def noisy_title(title: str, rng: np.random.Generator) -> str:
 
 
 def build_demo(folder: Path, out_dir: Path, n_products: int, image_size: int, seed: int,
-               variant_prob: float, wrong_color_prob: float) -> pd.DataFrame:
-    """Write `n_products` images to `out_dir/images` and return their catalog rows."""
+               variant_prob: float, wrong_color_prob: float, missing_attribute_prob: float = 0.0) -> pd.DataFrame:
+    """Write `n_products` images to `out_dir/images` and return their catalog rows.
+
+    With `missing_attribute_prob` each attribute value is left out (null) independently, as in a
+    real marketplace feed; the true value stays in `<attribute>_true`, so predicted fills can be
+    scored. The gaps come from their own random stream: the images and texts do not change."""
     images, labels = load_fashion_mnist(folder)
     rng = np.random.default_rng(seed)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
@@ -150,4 +155,9 @@ def build_demo(folder: Path, out_dir: Path, n_products: int, image_size: int, se
             pbar.update(1)
         item += 1
     pbar.close()
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    gaps = np.random.default_rng([seed, 1]).random((len(df), len(HIDEABLE))) < missing_attribute_prob
+    for j, column in enumerate(HIDEABLE):
+        df[f"{column}_true"] = df[column]
+        df[column] = df[column].mask(gaps[:, j])
+    return df

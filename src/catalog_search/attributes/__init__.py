@@ -1,0 +1,9 @@
+"""Attribute classifier: a LoRA-tuned image backbone with hierarchical heads (category ->
+subcategory -> article type, plus colour, pattern, ... as params list them).
+
+labels.py     label encoders fitted on the training split, "other" bucket and class weights
+backbone.py   packaged EfficientNet-Lite0, a Hugging Face ViT, or a trained CLIP image tower
+model.py      the classifier, freezing/LoRA per mode, save and load
+train.py      masked multi-head loss and the training loop
+evaluate.py   accuracy, macro-F1, hierarchy consistency, and per-product predictions for search
+"""

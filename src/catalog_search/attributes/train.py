@@ -1,0 +1,190 @@
+"""Training of the attribute classifier: masked, class-weighted cross-entropy per head.
+
+A frozen backbone (mode `frozen`) gives the same features every epoch, so they are computed
+once and only the heads train on them (no flips then: a flipped image would need its own pass).
+"""
+from __future__ import annotations
+
+import resource
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision.transforms as T
+from open_clip_train.scheduler import cosine_lr
+from tqdm import tqdm
+
+from catalog_search.attributes.backbone import build_backbone
+from catalog_search.attributes.labels import MISSING, LabelSet
+from catalog_search.attributes.model import AttributeClassifier, prepare, set_train_mode, trainable_summary
+from catalog_search.models.encode import autocast, eval_mode
+from catalog_search.shards import decode_image
+
+
+class AttributeLoss(nn.Module):
+    """Sum over heads of `loss_weights[head]` x cross-entropy with the head's class weights.
+
+    Rows whose label is missing are ignored (ignore_index), not counted as any class; a head
+    with no labelled row in the batch adds nothing (PyTorch would give 0/0 = nan)."""
+
+    def __init__(self, labels: LabelSet, loss_weights: dict[str, float]):
+        super().__init__()
+        self.names = list(labels.heads)
+        self.head_weight = {a: float((loss_weights or {}).get(a, 1.0)) for a in self.names}
+        for a in self.names:
+            self.register_buffer(f"w_{a}", torch.tensor(labels.labels[a].weights, dtype=torch.float32))
+
+    def forward(self, logits: dict[str, torch.Tensor], targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        total, parts = logits[self.names[0]].new_zeros(()), {}
+        for j, a in enumerate(self.names):
+            y = targets[:, j]
+            if (y != MISSING).any():
+                loss = F.cross_entropy(logits[a].float(), y, weight=getattr(self, f"w_{a}"), ignore_index=MISSING)
+                total = total + self.head_weight[a] * loss
+                parts[a] = float(loss.detach())
+        return total, parts
+
+
+def image_transform(size: int, mean: Sequence[float], std: Sequence[float], augment: bool = False) -> Callable:
+    """Resize + centre crop + normalise; `augment` adds horizontal flips, never colour changes
+    (colour is a label)."""
+    steps = [T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size)]
+    steps += [T.RandomHorizontalFlip()] if augment else []
+    return T.Compose([*steps, T.ToTensor(), T.Normalize(mean, std)])
+
+
+class ImageRows(torch.utils.data.Dataset):
+    """(pixels, targets) per row, decoded on the fly (in DataLoader workers when there are any)."""
+
+    def __init__(self, images: Sequence[bytes], targets: np.ndarray, transform: Callable):
+        self.images, self.targets, self.transform = images, torch.from_numpy(targets), transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transform(decode_image(self.images[i])), self.targets[i]
+
+
+def loader(dataset: torch.utils.data.Dataset, batch_size: int, shuffle: bool, workers: int, seed: int = 0):
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
+                                       generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def backbone_features(model: AttributeClassifier, images: Sequence[bytes], batch_size: int, workers: int,
+                      device: torch.device) -> torch.Tensor:
+    b = model.backbone
+    data = ImageRows(images, np.zeros((len(images), 0), np.int64), image_transform(b.image_size, b.mean, b.std))
+    out = []
+    with eval_mode(model), autocast(device):
+        for x, _ in tqdm(loader(data, batch_size, False, workers), desc="backbone features", unit="batch"):
+            out.append(b(x.to(device)).float().cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def predict_probs(model: AttributeClassifier, images: Sequence[bytes], batch_size: int, device: torch.device,
+                  workers: int = 0, features: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+    """Class probabilities per head, (n_images, n_classes) each; `features` skips the backbone."""
+    b = model.backbone
+    if features is None:
+        data = ImageRows(images, np.zeros((len(images), 0), np.int64), image_transform(b.image_size, b.mean, b.std))
+        batches = (x for x, _ in loader(data, batch_size, False, workers))
+    else:
+        batches = features.split(batch_size)
+    out: dict[str, list] = {a: [] for a in model.heads}
+    with eval_mode(model), autocast(device):
+        for x in batches:
+            x = x.to(device)
+            logits = model.classify(x) if features is not None else model(x)
+            for a, z in logits.items():
+                out[a].append(z.float().softmax(-1).cpu().numpy())
+    return {a: np.concatenate(v) for a, v in out.items()}
+
+
+def accuracy(probs: dict[str, np.ndarray], targets: np.ndarray) -> dict[str, float]:
+    """Accuracy per head over the rows whose label the model has a class for."""
+    out = {}
+    for j, (a, p) in enumerate(probs.items()):
+        known = targets[:, j] != MISSING
+        out[a] = round(float((p[known].argmax(1) == targets[known, j]).mean()), 4) if known.any() else float("nan")
+    return out
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """CUDA: the allocator's peak; CPU: the process's peak resident set (what the OS had to give)."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def fit(model: AttributeClassifier, labels: LabelSet, train_rows: Sequence[dict], val_rows: Sequence[dict],
+        cfg: dict, device: torch.device, live=None) -> dict:
+    """Train the heads (and LoRA or the whole backbone, per `cfg["mode"]`); returns the run's record."""
+    torch.manual_seed(cfg["seed"])
+    b, bs, workers = model.backbone, cfg["batch_size"], cfg["workers"]
+    y_train, y_val = labels.targets(train_rows), labels.targets(val_rows)
+    train_images, val_images = [r["image"] for r in train_rows], [r["image"] for r in val_rows]
+    model.to(device)
+    cached = cfg["mode"] == "frozen"
+    memory_before = peak_memory_mb(device)
+    if cached:
+        data = torch.utils.data.TensorDataset(backbone_features(model, train_images, bs, workers, device),
+                                              torch.from_numpy(y_train))
+        val_features = backbone_features(model, val_images, bs, workers, device)
+    else:
+        data = ImageRows(train_images, y_train, image_transform(b.image_size, b.mean, b.std, cfg["augment"]))
+        val_features = None
+    batches = loader(data, bs, True, 0 if cached else workers, cfg["seed"])
+    criterion = AttributeLoss(labels, cfg["loss_weights"]).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    total = cfg["epochs"] * len(batches)
+    schedule = cosine_lr(optimizer, cfg["lr"], int(cfg["warmup_fraction"] * total), total)
+    step, start, history = 0, time.perf_counter(), []
+    for epoch in range(cfg["epochs"]):
+        set_train_mode(model, cfg["mode"])
+        for x, y in tqdm(batches, desc=f"attributes epoch {epoch + 1}/{cfg['epochs']}", unit="batch"):
+            schedule(step)
+            with autocast(device):
+                logits = model.classify(x.to(device)) if cached else model(x.to(device))
+            loss, parts = criterion(logits, y.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(params, cfg["grad_clip"])
+            optimizer.step()
+            step += 1
+            if live is not None:
+                live.log_metric("train/loss", float(loss.detach()))
+                for a, v in parts.items():
+                    live.log_metric(f"train/loss_{a}", v)
+                live.next_step()
+        val = accuracy(predict_probs(model, val_images, bs, device, workers, val_features), y_val)
+        history.append({"epoch": epoch + 1, "loss": round(float(loss.detach()), 4), **{f"val_acc_{a}": v for a, v in val.items()}})
+        if live is not None:
+            for a, v in val.items():
+                live.log_metric(f"val/accuracy_{a}", v, plot=False)
+    seconds = time.perf_counter() - start
+    return {"steps": step, "train_seconds": round(seconds, 2), "samples_per_second": round(step * bs / max(seconds, 1e-9), 1),
+            "final_loss": history[-1]["loss"] if history else None, "epochs": history,
+            "peak_memory_mb": peak_memory_mb(device), "memory_before_train_mb": memory_before,
+            "memory_kind": "cuda_allocated" if device.type == "cuda" else "process_peak_rss"}
+
+
+def train_classifier(cfg: dict, train_rows: Sequence[dict], val_rows: Sequence[dict], device: torch.device,
+                     live=None, models_root: Path = Path("models")):
+    """Labels fitted on `train_rows`, the classifier built and prepared per `cfg`, trained.
+
+    Returns (model, peft wrapper or None, labels, record with sizes and the run's numbers)."""
+    labels = LabelSet.fit(train_rows, cfg["heads"], cfg["min_count"], cfg["class_weights"])
+    torch.manual_seed(cfg["seed"])  # heads and LoRA initialisation
+    backbone = build_backbone(cfg["backbone"], cfg["image_size"], models_root)
+    model = AttributeClassifier(backbone, labels, cfg["head_hidden"], cfg["hierarchy"])
+    wrapper = prepare(model, cfg["mode"], cfg["lora"])
+    record = {**trainable_summary(model), **fit(model, labels, train_rows, val_rows, cfg, device, live)}
+    return model, wrapper, labels, record

@@ -4,6 +4,7 @@ from pathlib import Path
 from dvclive import Live
 
 from catalog_search.attributes.model import save_classifier
+from catalog_search.checks import validate
 from catalog_search.attributes.train import train_classifier
 from catalog_search.io import write_json
 from catalog_search.models.encode import pick_device
@@ -14,7 +15,9 @@ SHARDS = Path("data/shards")
 SAVED = ("backbone", "image_size", "heads", "hierarchy", "head_hidden", "mode", "lora")
 
 if __name__ == "__main__":
-    p = load_params()["attributes"]
+    params = load_params()
+    validate(params)
+    p = params["attributes"]
     with Live("dvclive/attributes", dvcyaml=None, save_dvc_exp=False) as live:
         model, wrapper, labels, record = train_classifier(p, load_split(SHARDS, "train"), load_split(SHARDS, "val"),
                                                           pick_device(), live)

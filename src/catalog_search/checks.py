@@ -2,6 +2,8 @@
 section fails at once with the valid values, before ingest has done any work."""
 from __future__ import annotations
 
+from catalog_search.attributes import MODES
+from catalog_search.attributes.labels import CLASS_WEIGHTS, check_heads
 from catalog_search.cleaning import BACKENDS
 from catalog_search.cleaning.dedupe import ACTIONS
 from catalog_search.evaluation import SCORES
@@ -36,6 +38,7 @@ def validate(params: dict) -> None:
     for name in train["scenarios"]:
         _check_train(name, scenario_config(train, name))
     check_choice("embed.index.kind", params["embed"]["index"]["kind"], INDEX_KINDS)
+    _check_attributes(params["attributes"])
     name = params["model"]["name"]
     if name not in project_configs() + open_clip_architectures():
         raise ParamsError(f"params.yaml: model.name={name!r} is not known; choose a project config "
@@ -55,3 +58,16 @@ def _check_train(name: str, cfg: dict) -> None:
     for key in ("checkpoint_every", "nproc"):
         if not isinstance(cfg[key], int) or cfg[key] < 1:
             raise ParamsError(f"params.yaml: train.{name}.{key}={cfg[key]!r} must be a positive integer")
+
+
+def _check_attributes(cfg: dict) -> None:
+    check_choice("attributes.mode", cfg["mode"], MODES)
+    check_choice("attributes.class_weights", cfg["class_weights"], CLASS_WEIGHTS)
+    check_heads(cfg["heads"])
+    check_choice("attributes.confusion", cfg["confusion"], list(cfg["heads"]))
+    unknown = set(cfg["loss_weights"] or {}) - set(cfg["heads"])
+    if unknown:
+        raise ParamsError(f"params.yaml: attributes.loss_weights names {sorted(unknown)}, which are not heads "
+                          f"{list(cfg['heads'])}")
+    if not 0 <= cfg["min_confidence"] <= 1:
+        raise ParamsError(f"params.yaml: attributes.min_confidence={cfg['min_confidence']!r} must be between 0 and 1")

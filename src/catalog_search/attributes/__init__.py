@@ -7,3 +7,5 @@ model.py      the classifier, freezing/LoRA per mode, save and load
 train.py      masked multi-head loss and the training loop
 evaluate.py   accuracy, macro-F1, hierarchy consistency, and per-product predictions for search
 """
+
+MODES = ["lora", "frozen", "full"]  # what trains besides the heads: LoRA, nothing, or the whole backbone

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from sklearn.utils.class_weight import compute_class_weight
 
 from catalog_search.io import write_json
 from catalog_search.params import ParamsError, check_choice
@@ -73,6 +72,8 @@ class LabelSet:
 
     @classmethod
     def fit(cls, rows: Sequence[dict], heads: dict[str, list[str]], min_count: int, class_weights: str) -> "LabelSet":
+        from sklearn.utils.class_weight import compute_class_weight  # here: ingest/clean validate params with this module
+
         check_heads(heads)
         check_choice("attributes.class_weights", class_weights, CLASS_WEIGHTS)
         labels = {}

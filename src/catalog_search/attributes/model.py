@@ -23,13 +23,12 @@ from peft import LoraConfig, get_peft_model_state_dict
 from peft.tuners.lora import LoraModel
 from safetensors.torch import load_file, save_file
 
+from catalog_search.attributes import MODES
 from catalog_search.attributes.backbone import Backbone, build_backbone
 from catalog_search.attributes.labels import LabelSet
 from catalog_search.io import atomic_path, write_json
 from catalog_search.models.lora import ADAPTER, lora_target_regex
 from catalog_search.params import check_choice
-
-MODES = ["lora", "frozen", "full"]
 
 
 def head(inputs: int, hidden: int, classes: int) -> nn.Module:

@@ -223,3 +223,20 @@ def test_fashion_product_source_through_ingest_clean_shard(tmp_path):
     assert "men shirts in navy blue" in kept["captions"].iloc[0]  # the attribute template
     manifest = json.loads((root / "data/shards/manifest.json").read_text())
     assert sum(manifest["splits"][s]["samples"] for s in ("train", "val", "test")) == 27
+
+
+def test_attributes_command_reads_images_to_json(repo, monkeypatch, capsys):
+    from catalog_search.cli import main
+
+    root, _ = repo
+    monkeypatch.chdir(root)
+    kept = pd.read_parquet(root / "data/clean/catalog.parquet")
+    images = [str(root / "data/clean" / p) for p in kept["image_path"].iloc[:2]]
+    main(["attributes", *images])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["image"] for r in rows] == images
+    heads = {"category", "subcategory", "article_type", "color", "pattern"}
+    assert all(set(r["attributes"]) == heads and 0 < r["attributes"]["color"]["confidence"] <= 1 for r in rows)
+    (root / "notes.txt").write_text("not a picture")
+    with pytest.raises(SystemExit, match="notes.txt: not a readable image"):
+        main(["attributes", str(root / "notes.txt")])

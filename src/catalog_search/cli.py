@@ -5,6 +5,7 @@
     catalog-search search "black maxi dress" --text-embedder [-k 10] [--json]
     catalog-search arena --a zero_shot --b dual_lora [--port 8000]
     catalog-search arena-report                     # votes -> metrics/arena.json
+    catalog-search attributes photo.jpg [more.jpg ...]   # structured attributes (JSON) from the classifier
 
 Run it in the project folder after `dvc repro`: it reads params.yaml, models/ and data/.
 """
@@ -40,6 +41,33 @@ def search_text_embedder(query: str, k: int) -> list[dict]:
             for r, (i, s) in enumerate(zip(ids[0], scores[0]))]
 
 
+def image_attributes(paths: list[Path], model_dir: Path) -> list[dict]:
+    """The classifier's attributes for each image file, with confidences; `value` is null below
+    attributes.min_confidence (or for "other"), as in predict_attributes."""
+    from PIL import Image
+
+    from catalog_search.attributes.evaluate import catalog_predictions
+    from catalog_search.attributes.model import load_classifier
+    from catalog_search.attributes.train import predict_probs
+    from catalog_search.models.encode import pick_device
+    from catalog_search.params import load_params
+
+    for path in paths:
+        try:
+            with Image.open(path) as im:
+                im.verify()
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"catalog-search: {path}: not a readable image ({e})")
+    try:
+        model, labels, _ = load_classifier(model_dir)
+    except FileNotFoundError as e:
+        raise SystemExit(f"catalog-search: {e}")
+    p, device = load_params()["attributes"], pick_device()
+    probs = predict_probs(model.to(device), [path.read_bytes() for path in paths], p["batch_size"], device)
+    records = catalog_predictions(labels, [{"product_id": str(path)} for path in paths], probs, p["min_confidence"])
+    return [{"image": r["product_id"], "attributes": r["attributes"]} for r in records]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="catalog-search", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -62,8 +90,14 @@ def main(argv: list[str] | None = None) -> None:
     r = sub.add_parser("arena-report", help="win rates with 95%% Wilson intervals -> metrics/arena.json")
     r.add_argument("--db", type=Path, default=Path("arena/votes.sqlite"))
     r.add_argument("--out", type=Path, default=Path("metrics/arena.json"))
+    t = sub.add_parser("attributes", help="predict attributes of images with models/attributes (JSON lines)")
+    t.add_argument("images", nargs="+", type=Path)
+    t.add_argument("--model", type=Path, default=Path("models/attributes"))
     args = parser.parse_args(argv)
-    if args.command == "arena":
+    if args.command == "attributes":
+        for row in image_attributes(args.images, args.model):
+            print(json.dumps(row))
+    elif args.command == "arena":
         from catalog_search.arena.app import serve
 
         serve(args.a, args.b, args.db, args.host, args.port, args.k)

@@ -116,11 +116,16 @@ def accuracy(probs: dict[str, np.ndarray], targets: np.ndarray) -> dict[str, flo
     return out
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """CUDA: the allocator's peak; CPU: the process's peak resident set (what the OS had to give)."""
+def memory_mb(device: torch.device, peak: bool) -> float:
+    """CUDA: the allocator's current or peak bytes; CPU: the process's current or peak resident set.
+    Peak minus the figure just before training is what training itself needs (imports and the
+    frozen weights are the same for every mode)."""
     if device.type == "cuda":
-        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        return round((torch.cuda.max_memory_allocated if peak else torch.cuda.memory_allocated)(device) / 2**20, 1)
+    if peak:
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    with open("/proc/self/statm") as f:  # resident pages
+        return round(int(f.read().split()[1]) * resource.getpagesize() / 2**20, 1)
 
 
 def fit(model: AttributeClassifier, labels: LabelSet, train_rows: Sequence[dict], val_rows: Sequence[dict],
@@ -132,7 +137,9 @@ def fit(model: AttributeClassifier, labels: LabelSet, train_rows: Sequence[dict]
     train_images, val_images = [r["image"] for r in train_rows], [r["image"] for r in val_rows]
     model.to(device)
     cached = cfg["mode"] == "frozen"
-    memory_before = peak_memory_mb(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    memory_before = memory_mb(device, peak=False)
     if cached:
         data = torch.utils.data.TensorDataset(backbone_features(model, train_images, bs, workers, device),
                                               torch.from_numpy(y_train))
@@ -172,7 +179,7 @@ def fit(model: AttributeClassifier, labels: LabelSet, train_rows: Sequence[dict]
     seconds = time.perf_counter() - start
     return {"steps": step, "train_seconds": round(seconds, 2), "samples_per_second": round(step * bs / max(seconds, 1e-9), 1),
             "final_loss": history[-1]["loss"] if history else None, "epochs": history,
-            "peak_memory_mb": peak_memory_mb(device), "memory_before_train_mb": memory_before,
+            "peak_memory_mb": memory_mb(device, peak=True), "memory_before_train_mb": memory_before,
             "memory_kind": "cuda_allocated" if device.type == "cuda" else "process_peak_rss"}
 
 

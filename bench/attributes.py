@@ -11,7 +11,7 @@ memory is its own) and is scored on the test split. Prints JSON: per-variant tes
 trainable parameters, training memory (peak minus just before training: CUDA allocator on a
 GPU, resident set on a CPU) and seconds; then the comparisons the issue asks for.
 
-    python bench/attributes.py [--variants lora flat ...] [--seeds 0 1] [--epochs 4]
+    python bench/attributes.py [--variants lora flat ...] [--seeds 0 1] [--set head_hidden=64 ...]
 """
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+import yaml
 
 VARIANTS = {
     "lora": {},
@@ -55,22 +57,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
-    ap.add_argument("--epochs", type=int, default=None, help="override attributes.epochs")
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=YAML",
+                    help="override attributes.KEY in every variant, e.g. --set head_hidden=64 epochs=6")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: the JSON overrides of one child run
     args = ap.parse_args()
     if args.one:
         print(json.dumps(one_variant(json.loads(args.one))))
         return
+    common = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
     runs: dict[str, list[dict]] = {}
     for name in args.variants:
         for seed in args.seeds:
-            overrides = {**VARIANTS[name], "seed": seed, **({"epochs": args.epochs} if args.epochs else {})}
+            overrides = {**common, **VARIANTS[name], "seed": seed}  # a variant keeps what defines it
             out = subprocess.run([sys.executable, __file__, "--one", json.dumps(overrides)], capture_output=True, text=True)
             if out.returncode:
                 raise RuntimeError(f"{name} seed {seed} failed:\n{out.stderr[-3000:]}")
             runs.setdefault(name, []).append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(f"{name} seed {seed}: mean accuracy {runs[name][-1]['test']['mean_accuracy']}", file=sys.stderr)
-    print(json.dumps({"variants": {n: summarise(r) for n, r in runs.items()}, "compare": compare(runs)}, indent=1))
+    print(json.dumps({"set": common, "variants": {n: summarise(r) for n, r in runs.items()}, "compare": compare(runs)},
+                     indent=1))
 
 
 def mean(xs: list[float]) -> float:

@@ -1,5 +1,10 @@
-"""clean: rules cleaning -> data/clean/{catalog,rejected}.parquet + images/, and metrics/clean.json."""
+"""clean: data/raw -> data/clean/{catalog,rejected}.parquet + images/, and metrics/clean.json.
+
+clean.backend rules: offline rules. openai_batch: the rules, then a VLM through the OpenAI Batch
+API; a re-run resumes from its ledger (clean.openai_batch.state_dir). `--dry-run` prints what
+would be sent and its estimated cost, and sends nothing."""
 import shutil
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -14,9 +19,14 @@ RAW, OUT = Path("data/raw/catalog.parquet"), Path("data/clean")
 if __name__ == "__main__":
     all_params = load_params()
     validate(all_params)
+    cfg = all_params["clean"]
+    if cfg["backend"] == "openai_batch":
+        from catalog_search.cleaning.openai_batch.workflow import run_step
+
+        sys.exit(run_step("all", RAW, OUT, cfg, dry_run="--dry-run" in sys.argv))
     shutil.rmtree(OUT, ignore_errors=True)
     try:
-        metrics = clean_catalog(RAW, OUT, all_params["clean"])
+        metrics = clean_catalog(RAW, OUT, cfg)
         write_json("metrics/clean.json", metrics)
     finally:  # the first reasons on the console; all of them are in rejected.parquet
         if (OUT / "rejected.parquet").exists():

@@ -2,6 +2,8 @@
 section fails at once with the valid values, before ingest has done any work."""
 from __future__ import annotations
 
+import re
+
 from catalog_search.attributes import MODES
 from catalog_search.attributes.labels import CLASS_WEIGHTS, check_heads
 from catalog_search.cleaning import BACKENDS
@@ -12,6 +14,8 @@ from catalog_search.models import open_clip_architectures, project_configs
 from catalog_search.models.scenarios import LOSSES, PRECISIONS, SCENARIOS, scenario_config
 from catalog_search.params import ParamsError, check_choice
 from catalog_search.sources import READERS
+
+SECRET = re.compile(r"^sk-[A-Za-z0-9_-]{16,}$")
 
 
 def validate(params: dict) -> None:
@@ -29,6 +33,8 @@ def validate(params: dict) -> None:
     if not isinstance(distance, int) or not 0 <= distance <= 63:
         raise ParamsError(f"params.yaml: clean.dedupe.max_distance={distance!r} must be an integer 0..63 "
                           "(bits of the 192-bit perceptual hash; 10 catches re-encoded and resized copies)")
+    _check_openai_batch(params["clean"]["openai_batch"])
+    _refuse_secrets(params)
     train = params["train"]
     for name in train["scenarios"]:
         check_choice("train.scenarios[]", name, SCENARIOS)
@@ -44,6 +50,35 @@ def validate(params: dict) -> None:
         raise ParamsError(f"params.yaml: model.name={name!r} is not known; choose a project config "
                           f"{project_configs()} or an open_clip architecture such as ViT-B-32, ViT-B-16, "
                           "ViT-B-16-SigLIP2-256 (all: open_clip.list_models())")
+
+
+def _check_openai_batch(cfg: dict) -> None:
+    for key in ("model", "prompt", "state_dir"):
+        if not isinstance(cfg[key], str) or not cfg[key].strip():
+            raise ParamsError(f"params.yaml: clean.openai_batch.{key} must be a non-empty string")
+    check_choice("clean.openai_batch.image_detail", cfg["image_detail"], ["low", "high", "auto"])
+    for key, least in (("image_size", 1), ("max_output_tokens", 1), ("max_attempts", 1),
+                       ("max_requests_per_file", 1), ("max_retries", 0)):
+        if not isinstance(cfg[key], int) or cfg[key] < least:
+            raise ParamsError(f"params.yaml: clean.openai_batch.{key}={cfg[key]!r} must be an integer >= {least}")
+    for key in ("max_file_mb", "poll_seconds", "max_poll_seconds", "max_wait_hours", "timeout_seconds"):
+        if not isinstance(cfg[key], (int, float)) or cfg[key] <= 0:
+            raise ParamsError(f"params.yaml: clean.openai_batch.{key}={cfg[key]!r} must be a positive number")
+    vocabulary = cfg["vocabulary"] or {}
+    if not isinstance(vocabulary, dict) or not all(isinstance(v, list) for v in vocabulary.values()):
+        raise ParamsError("params.yaml: clean.openai_batch.vocabulary must map an answer field to a list of values, "
+                          "e.g. {color: [Black, Red]}")
+
+
+def _refuse_secrets(params: dict, where: str = "") -> None:
+    """API keys belong in the environment: params.yaml is in git and its values reach dvc.lock."""
+    for key, value in params.items() if isinstance(params, dict) else enumerate(params):
+        path = f"{where}.{key}" if where else str(key)
+        if isinstance(value, (dict, list)):
+            _refuse_secrets(value, path)
+        elif str(key).lower() in ("api_key", "openai_api_key") or (isinstance(value, str) and SECRET.match(value)):
+            raise ParamsError(f"params.yaml: {path} looks like an API key; remove it (and rotate it if it was "
+                              "committed). Keys are read from the environment only, e.g. OPENAI_API_KEY.")
 
 
 def _check_train(name: str, cfg: dict) -> None:

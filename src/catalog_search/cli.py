@@ -6,6 +6,8 @@
     catalog-search arena --a zero_shot --b dual_lora [--port 8000]
     catalog-search arena-report                     # votes -> metrics/arena.json
     catalog-search attributes photo.jpg [more.jpg ...]   # structured attributes (JSON) from the classifier
+    catalog-search clean prepare [--dry-run] | dispatch | monitor [--wait] | finalize | cancel
+                                                    # clean.backend openai_batch, by hand over hours
 
 Run it in the project folder after `dvc repro`: it reads params.yaml, models/ and data/.
 """
@@ -68,6 +70,24 @@ def image_attributes(paths: list[Path], model_dir: Path) -> list[dict]:
     return [{"image": r["product_id"], "attributes": r["attributes"]} for r in records]
 
 
+def clean_step(args: argparse.Namespace) -> int:
+    """One step of openai_batch cleaning, on the stage's paths (data/raw -> data/clean)."""
+    from catalog_search.checks import validate
+    from catalog_search.params import load_params
+
+    params = load_params()
+    validate(params)
+    if params["clean"]["backend"] != "openai_batch":
+        raise SystemExit("catalog-search: clean.backend is not openai_batch in params.yaml; set it to run these steps "
+                         "(the rules backend has one step: `dvc repro clean`)")
+    if args.dry_run and args.step != "prepare":
+        raise SystemExit("catalog-search: --dry-run goes with `clean prepare`")
+    from catalog_search.cleaning.openai_batch.workflow import run_step
+
+    return run_step(args.step, Path("data/raw/catalog.parquet"), Path("data/clean"), params["clean"],
+                    dry_run=args.dry_run, wait=args.wait)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="catalog-search", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -93,7 +113,14 @@ def main(argv: list[str] | None = None) -> None:
     t = sub.add_parser("attributes", help="predict attributes of images with models/attributes (JSON lines)")
     t.add_argument("images", nargs="+", type=Path)
     t.add_argument("--model", type=Path, default=Path("models/attributes"))
+    c = sub.add_parser("clean", help="VLM cleaning through the OpenAI Batch API, one step at a time "
+                                     "(clean.backend: openai_batch; `dvc repro clean` runs every step)")
+    c.add_argument("step", choices=["prepare", "dispatch", "monitor", "finalize", "cancel"])
+    c.add_argument("--dry-run", action="store_true", help="prepare: print requests, tokens and cost; send nothing")
+    c.add_argument("--wait", action="store_true", help="monitor: poll with backoff until every batch has finished")
     args = parser.parse_args(argv)
+    if args.command == "clean":
+        sys.exit(clean_step(args))
     if args.command == "attributes":
         for row in image_attributes(args.images, args.model):
             print(json.dumps(row))

@@ -24,6 +24,7 @@ from catalog_search import catalog
 from catalog_search.cleaning import BACKENDS
 from catalog_search.cleaning.dedupe import Deduplicator
 from catalog_search.cleaning.images import ImageResult, ImageSettings, inspect_batch
+from catalog_search.cleaning.scoring import CleanScore
 from catalog_search.cleaning.text import CaptionTemplates, TitleRules, assemble_captions, clean_text, clean_title
 from catalog_search.io import atomic_path
 from catalog_search.params import check_choice
@@ -79,7 +80,7 @@ class Cleaner:
         self.reasons: Counter = Counter()
         self.duplicates_grouped: Counter = Counter()
         self.rows_in = self.rows_kept = 0
-        self.title_matches = 0
+        self.score = CleanScore()
 
     def run(self) -> dict:
         """Clean everything; returns the metrics. Raises CatalogError when no row is usable."""
@@ -192,8 +193,7 @@ class Cleaner:
                    captions=assemble_captions(row["title"], row["captions"] or [], description,
                                               self.templates.render(out)),
                    query=row["query"] if isinstance(row["query"], str) and row["query"] else row["title"].lower())
-        if isinstance(row.get("title_true"), str):  # the demo catalog's ground truth scores the rules
-            self.title_matches += row["title"] == row["title_true"]
+        self.score.add(out)  # where the source has ground truth (the demo catalog)
         return out
 
     def _finalise_groups(self, unmerged: Path, final: Path) -> None:
@@ -216,8 +216,7 @@ class Cleaner:
         metrics = {"rows_in": self.rows_in, "rows_kept": self.rows_kept, "rows_rejected": rejected,
                    "rejected_by_reason": dict(sorted(self.reasons.items())),
                    "duplicates_grouped": dict(sorted(self.duplicates_grouped.items()))}
-        if self.title_matches and self.rows_kept:
-            metrics["title_exact_match"] = round(self.title_matches / self.rows_kept, 4)
+        metrics.update(self.score.metrics())
         if self.rows_in != self.rows_kept + rejected:  # the promise of this stage: nothing is lost
             raise RuntimeError(f"clean lost rows: {self.rows_in} in, {self.rows_kept} kept, {rejected} rejected")
         if not self.rows_kept:

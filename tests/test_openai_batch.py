@@ -1,0 +1,279 @@
+"""clean.backend openai_batch against a local server that speaks the Files and Batches API
+(tests/fake_openai.py), with its failure modes. Every test ends on the same promise: the final
+catalog has every kept product, each request was sent once per recorded attempt and never again
+once answered, and the ledger has a final state for every item."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from catalog_search import catalog
+from catalog_search.cleaning.openai_batch.requests import RequestBuilder, RequestFiles
+from catalog_search.cleaning.openai_batch.store import StateStore
+from catalog_search.cleaning.openai_batch.workflow import BatchCleaning, NotFinished, run_step
+from conftest import ROOT
+from fake_openai import FakeOpenAI
+
+KEY = "sk-test-0123456789abcdefNOTREAL"
+PER_FILE = 50
+
+
+@pytest.fixture
+def fake(demo_raw, monkeypatch):
+    _, df = demo_raw
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    server = FakeOpenAI({r["title_raw"]: r for r in df.to_dict("records")}, KEY)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def cfg(clean_params, fake, tmp_path) -> dict:
+    cfg = copy.deepcopy(clean_params)
+    cfg["workers"] = 0
+    cfg["openai_batch"].update(base_url=fake.base_url, state_dir=str(tmp_path / "state"), poll_seconds=0.01,
+                               max_poll_seconds=0.05, max_retries=3, max_requests_per_file=PER_FILE)
+    return cfg
+
+
+def cleaning(demo_raw, cfg, tmp_path) -> BatchCleaning:
+    return BatchCleaning(demo_raw[0], tmp_path / "clean", cfg)
+
+
+def ledger(cfg) -> dict[str, tuple[str, int, str | None]]:
+    with sqlite3.connect(Path(cfg["openai_batch"]["state_dir"]) / "state.sqlite") as db:
+        return {k: (s, a, r) for k, s, a, r in db.execute("SELECT key, status, attempts, reason FROM items")}
+
+
+def check_nothing_lost_nothing_twice(fake: FakeOpenAI, cfg: dict, out_dir: Path):
+    rules = catalog.load(Path(cfg["openai_batch"]["state_dir"]) / "rules/catalog.parquet")
+    final = catalog.load(out_dir / "catalog.parquet")
+    assert sorted(final["product_id"]) == sorted(rules["product_id"])
+    assert not fake.sent_after_answer and set(fake.answered.values()) <= {1}
+    items = ledger(cfg)
+    assert len(items) >= len(final) and {s for s, _, _ in items.values()} <= {"done", "fallback"}
+    assert {k: a for k, (_, a, _) in items.items() if a} == dict(fake.sent)  # sends = recorded attempts
+    assert final.loc[final["cleaned_by"] == "rules", "clean_note"].notna().all()
+    return final, items
+
+
+def test_every_product_answered_once_and_titles_follow_the_picture(demo_raw, fake, cfg, tmp_path, capsys):
+    _, raw = demo_raw
+    wrong = raw[raw["title_raw"].str.contains("Red") & (raw["color"] != "Red")]["title_raw"]  # title contradicts photo
+    odd_one = raw["title_raw"].iloc[7]
+    fake.answer_faults[odd_one] = ["wrong_color"]  # the VLM gets one colour wrong
+    job = cleaning(demo_raw, cfg, tmp_path)
+    metrics = job.run()
+    final, _ = check_nothing_lost_nothing_twice(fake, cfg, tmp_path / "clean")
+    n = len(final)
+    batch = metrics["openai_batch"]
+    assert batch["answered"] == batch["requests_sent"] == n and batch["fallen_back"] == 0
+    assert batch["input_tokens"] == 120 * n  # the fake's usage, summed
+    assert metrics["title_exact_match"] == 1.0 > batch["rules_baseline"]["title_exact_match"]
+    assert metrics["attribute_agreement"]["color"] == round((n - 1) / n, 4)
+    assert metrics["attribute_agreement"]["category"] == 1.0
+    fixed = final.set_index("title_raw").loc[list(wrong)]
+    assert (fixed["title"] == fixed["title_true"]).all() and (fixed["cleaned_by"] == "openai_batch").all()
+    assert final.set_index("title_raw").loc[odd_one, "color"] != raw.set_index("title_raw").loc[odd_one, "color"]
+    uploads = fake.uploads()
+    assert len(uploads) == math.ceil(n / PER_FILE) and all(len(u.splitlines()) <= PER_FILE for u in uploads)
+    assert fake.bad_auth == 0
+    first = dict(fake.calls)
+    again = cleaning(demo_raw, cfg, tmp_path).run()  # a re-run sends nothing and gives the same catalog
+    assert again["openai_batch"] == batch and fake.calls[("POST", "/v1/batches")] == first[("POST", "/v1/batches")]
+    files = [p for p in Path(cfg["openai_batch"]["state_dir"]).rglob("*") if p.is_file()]
+    files += [p for p in (tmp_path / "clean").rglob("*") if p.is_file()]
+    assert not [p for p in files if KEY.encode() in p.read_bytes()]
+    assert KEY not in json.dumps(metrics) and KEY not in capsys.readouterr().out
+
+
+def test_http_errors_are_retried_and_an_outage_resumes(demo_raw, fake, cfg, tmp_path, capsys):
+    fake.http_faults[("POST", "/v1/files")] = [(500, {}), (500, {})]
+    fake.http_faults[("POST", "/v1/batches")] = [(429, {"retry-after": "0.01"})]
+    fake.http_faults[("GET", "/v1/batches/{id}")] = [(503, {})]
+    fake.http_faults[("GET", "/v1/files/{id}/content")] = [(500, {})]
+    job = cleaning(demo_raw, cfg, tmp_path)
+    job.run_rules()
+    job.prepare()
+    assert len(job.dispatch()) == 3
+    assert fake.calls[("POST", "/v1/files")] == 3 + 2 and fake.calls[("POST", "/v1/batches")] == 3 + 1
+    fake.http_faults[("GET", "/v1/batches/{id}")] = [(500, {})] * 20  # longer than the client's retries
+    with pytest.raises(Exception, match="injected 500"):
+        job.monitor(wait=False)
+    fake.http_faults[("GET", "/v1/batches/{id}")] = [(500, {})] * 5  # monitor --wait rides it out
+    job.monitor(wait=True)
+    job.close()
+    fake.http_faults[("POST", "/v1/files")] = [(500, {})] * 20  # an outage while a new round goes out
+    cfg = copy.deepcopy(cfg)
+    cfg["openai_batch"]["prompt"] += "\nBe brief."  # new requests for every product
+    assert run_step("all", demo_raw[0], tmp_path / "clean", cfg, tmp_path / "clean.json") == 1
+    assert "re-run the same step to resume" in capsys.readouterr().err
+    fake.http_faults.clear()
+    assert run_step("all", demo_raw[0], tmp_path / "clean", cfg, tmp_path / "clean.json") == 0
+    final, _ = check_nothing_lost_nothing_twice(fake, cfg, tmp_path / "clean")
+    assert (final["cleaned_by"] == "openai_batch").all()
+
+
+def test_bad_answers_are_retried_then_fall_back_to_rules(demo_raw, fake, cfg, tmp_path):
+    titles = demo_raw[1]["title_raw"]
+    faults = {titles[1]: ["malformed"], titles[2]: ["schema"] * 3, titles[3]: ["error"], titles[4]: ["refusal"]}
+    fake.answer_faults.update(faults)
+    metrics = cleaning(demo_raw, cfg, tmp_path).run()
+    final, items = check_nothing_lost_nothing_twice(fake, cfg, tmp_path / "clean")
+    by_title = final.set_index("title_raw")
+    assert by_title.loc[titles[2], "cleaned_by"] == "rules" and by_title.loc[titles[2], "clean_note"].startswith("schema:")
+    assert (by_title.loc[[titles[1], titles[3], titles[4]], "cleaned_by"] == "openai_batch").all()
+    batch = metrics["openai_batch"]
+    assert batch["invalid_answers"] == 1 + 3 + 1 and batch["failed_requests"] == 1
+    assert batch["requests_sent"] == len(final) + 1 + 2 + 1 + 1 and batch["fallback_reasons"] == {"schema": 1}
+    assert sorted(a for _, a, _ in items.values() if a > 1) == [2, 2, 2, 3]
+
+
+def test_cancelled_and_expired_batches_retry_only_the_unanswered(demo_raw, fake, cfg, tmp_path):
+    job = cleaning(demo_raw, cfg, tmp_path)
+    job.run_rules()
+    job.prepare()
+    fake.hold = True
+    job.dispatch()
+    job.monitor(wait=False)
+    with pytest.raises(NotFinished, match="monitor --wait"):
+        job.finalize()
+    assert len(job.cancel()) == 3  # cancelled with half of each batch done
+    job.monitor(wait=True)
+    states = [s for s, _, _ in ledger(cfg).values()]
+    assert states.count("done") == sum(n // 2 for n in (50, 50, 20)) and states.count("failed") == 60
+    fake.hold = False
+    fake.batch_modes = ["expire"]  # the retry round's first batch expires half done
+    metrics = job.run()
+    final, items = check_nothing_lost_nothing_twice(fake, cfg, tmp_path / "clean")
+    assert (final["cleaned_by"] == "openai_batch").all()
+    assert sorted({s for _, _, s, _ in job.store.batch_rows()}) == ["cancelled", "completed", "expired"]
+    assert metrics["openai_batch"]["failed_requests"] == 60 + 25  # unanswered by the cancel, then by the expiry
+
+
+def test_failed_batch_is_retried(demo_raw, fake, cfg, tmp_path):
+    fake.batch_modes = ["fail"]
+    metrics = cleaning(demo_raw, cfg, tmp_path).run()
+    final, items = check_nothing_lost_nothing_twice(fake, cfg, tmp_path / "clean")
+    assert metrics["openai_batch"]["answered"] == len(final)
+    assert sum(a == 2 for _, a, _ in items.values()) == PER_FILE
+
+
+def test_kill_after_a_batch_is_created_adopts_it(demo_raw, fake, cfg, tmp_path, monkeypatch):
+    record = StateStore.record_batch
+    monkeypatch.setattr(StateStore, "record_batch", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    job = cleaning(demo_raw, cfg, tmp_path)
+    job.run_rules()
+    job.prepare()
+    with pytest.raises(KeyboardInterrupt):  # killed between batches.create and writing its id down
+        job.dispatch()
+    job.close()
+    monkeypatch.setattr(StateStore, "record_batch", record)
+    cleaning(demo_raw, cfg, tmp_path).run()
+    check_nothing_lost_nothing_twice(fake, cfg, tmp_path / "clean")
+    assert fake.calls[("POST", "/v1/batches")] == 3 and fake.calls[("POST", "/v1/files")] == 3
+    assert fake.calls[("GET", "/v1/batches")] >= 1  # listed to find the orphan
+
+
+def test_dry_run_a_missing_key_and_a_busy_ledger(demo_raw, fake, cfg, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("OPENAI_API_KEY")
+    holder = cleaning(demo_raw, cfg, tmp_path)  # e.g. `dvc repro` running while someone runs a step by hand
+    assert run_step("dispatch", demo_raw[0], tmp_path / "clean", cfg) == 2
+    assert "in use by another clean step" in capsys.readouterr().err
+    holder.close()
+    assert run_step("prepare", demo_raw[0], tmp_path / "clean", cfg, dry_run=True) == 0
+    out = capsys.readouterr().out
+    assert "dry run, nothing sent: 120 requests (0 retries) in 3 file(s)" in out and "$" in out
+    assert not fake.calls and not ledger(cfg) and not (Path(cfg["openai_batch"]["state_dir"]) / "requests").exists()
+    assert run_step("all", demo_raw[0], tmp_path / "clean", cfg) == 2
+    err = capsys.readouterr().err
+    assert "OPENAI_API_KEY is not set" in err and "--dry-run" in err and not fake.calls
+
+
+def test_request_files_respect_count_and_size_limits(tmp_path):
+    recorded = []
+    files = RequestFiles(tmp_path, 1, max_requests=3, max_bytes=25, on_file=lambda p, i, b: recorded.append((p, i, b)))
+    for n in range(7):
+        files.add(f"k{n}", f"p{n}", b"x" * 9 + b"\n")  # 10 bytes: two fit in 25
+    files.flush()
+    assert [len(items) for _, items, _ in recorded] == [2, 2, 2, 1]
+    assert all(p.stat().st_size == b <= 25 for p, _, b in recorded) and not list(tmp_path.glob("*.partial"))
+    assert not files.fits(b"y" * 26)
+    builder = RequestBuilder("m", "prompt", {"type": "json_schema"}, 64, "low", 100)
+    key = builder.key("p1", "Red Dress", b"img")
+    assert key == builder.key("p1", "Red Dress", b"img") != builder.key("p1", "Red Dress", b"img2")
+    assert key != RequestBuilder("m", "another prompt", {"type": "json_schema"}, 64, "low", 100).key("p1", "Red Dress", b"img")
+
+
+def test_dvc_stage_killed_between_dispatch_and_finalize_resumes(tmp_path, fake, monkeypatch):
+    """The real stage under `dvc repro`, SIGKILLed while its batches run, then re-run; then the CLI
+    steps by hand after a prompt change, which the next `dvc repro` picks up without sending again."""
+    from test_pipeline import run, stages_run
+
+    from catalog_search.cli import main
+
+    root = tmp_path / "project"
+    root.mkdir()
+    for name in ("dvc.yaml", ".dvcignore"):
+        shutil.copy(ROOT / name, root / name)
+    for name in ("stages", "src", ".dvc"):
+        shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "cache", "tmp"))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["data"]["demo"].update(n_products=60, image_size=32)
+    params["clean"]["workers"] = 0
+    params["clean"]["backend"] = "openai_batch"
+    params["clean"]["openai_batch"].update(base_url=fake.base_url, poll_seconds=0.05, max_poll_seconds=0.2,
+                                           max_requests_per_file=25)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "init", "-q"], root)
+    run(["dvc", "repro", "ingest"], root)
+    raw = catalog.load(root / "data/raw/catalog.parquet")
+    fake.truth.update({r["title_raw"]: r for r in raw.to_dict("records")})
+    fake.hold = True
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "TQDM_DISABLE": "1"}
+    stage = subprocess.Popen(["dvc", "repro", "clean"], cwd=root, env=env, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = root / "data/openai_batch/state.sqlite"
+    deadline = time.time() + 120
+    while not (state.exists() and fake.calls[("GET", "/v1/batches/{id}")] >= 3):  # dispatched and polling
+        assert time.time() < deadline and stage.poll() is None, "the stage did not get to monitoring"
+        time.sleep(0.1)
+    os.killpg(stage.pid, signal.SIGKILL)
+    stage.wait()
+    fake.hold = False
+    log = run(["dvc", "repro", "clean"], root)
+    assert "clean" in stages_run(log.stdout)
+    assert fake.calls[("POST", "/v1/files")] == fake.calls[("POST", "/v1/batches")] == 3
+    with sqlite3.connect(state) as db:
+        items = dict(db.execute("SELECT key, status FROM items").fetchall())
+    assert set(items.values()) == {"done"} and set(fake.sent.values()) == {1} and len(items) == len(fake.sent)
+    final = catalog.load(root / "data/clean/catalog.parquet")
+    assert len(final) == json.loads((root / "metrics/clean.json").read_text())["openai_batch"]["answered"]
+    for path in [root / "dvc.lock", root / "metrics/clean.json", *state.parent.rglob("*")]:
+        assert not path.is_file() or KEY.encode() not in path.read_bytes()
+    assert KEY not in log.stdout + log.stderr
+
+    params["clean"]["openai_batch"]["prompt"] += "Answer in English.\n"  # by hand, one step at a time
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    monkeypatch.chdir(root)
+    for step in (["prepare"], ["dispatch"], ["monitor", "--wait"], ["finalize"]):
+        with pytest.raises(SystemExit) as done:
+            main(["clean", *step])
+        assert done.value.code == 0
+    assert fake.calls[("POST", "/v1/batches")] == 6
+    log = run(["dvc", "repro", "clean"], root)  # the stage finds every answer in the ledger
+    assert "clean" in stages_run(log.stdout) and fake.calls[("POST", "/v1/batches")] == 6
+    assert set(fake.sent.values()) == {1} and len(fake.sent) == 2 * len(final)

@@ -8,7 +8,6 @@ import copy
 import json
 import math
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -23,7 +22,6 @@ from catalog_search import catalog
 from catalog_search.cleaning.openai_batch.requests import RequestBuilder, RequestFiles
 from catalog_search.cleaning.openai_batch.store import StateStore
 from catalog_search.cleaning.openai_batch.workflow import BatchCleaning, NotFinished, run_step
-from conftest import ROOT
 from fake_openai import FakeOpenAI
 
 KEY = "sk-test-0123456789abcdefNOTREAL"
@@ -92,6 +90,7 @@ def test_every_product_answered_once_and_titles_follow_the_picture(demo_raw, fak
     assert len(uploads) == math.ceil(n / PER_FILE) and all(len(u.splitlines()) <= PER_FILE for u in uploads)
     assert fake.bad_auth == 0
     first = dict(fake.calls)
+    job.close()
     again = cleaning(demo_raw, cfg, tmp_path).run()  # a re-run sends nothing and gives the same catalog
     assert again["openai_batch"] == batch and fake.calls[("POST", "/v1/batches")] == first[("POST", "/v1/batches")]
     files = [p for p in Path(cfg["openai_batch"]["state_dir"]).rglob("*") if p.is_file()]
@@ -221,24 +220,17 @@ def test_request_files_respect_count_and_size_limits(tmp_path):
 def test_dvc_stage_killed_between_dispatch_and_finalize_resumes(tmp_path, fake, monkeypatch):
     """The real stage under `dvc repro`, SIGKILLed while its batches run, then re-run; then the CLI
     steps by hand after a prompt change, which the next `dvc repro` picks up without sending again."""
-    from test_pipeline import run, stages_run
+    from test_pipeline import default_params, project, run, stages_run
 
     from catalog_search.cli import main
 
-    root = tmp_path / "project"
-    root.mkdir()
-    for name in ("dvc.yaml", ".dvcignore"):
-        shutil.copy(ROOT / name, root / name)
-    for name in ("stages", "src", ".dvc"):
-        shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "cache", "tmp"))
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = default_params()
     params["data"]["demo"].update(n_products=60, image_size=32)
     params["clean"]["workers"] = 0
     params["clean"]["backend"] = "openai_batch"
     params["clean"]["openai_batch"].update(base_url=fake.base_url, poll_seconds=0.05, max_poll_seconds=0.2,
                                            max_requests_per_file=25)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["git", "init", "-q"], root)
+    root = project(tmp_path / "project", params)
     run(["dvc", "repro", "ingest"], root)
     raw = catalog.load(root / "data/raw/catalog.parquet")
     fake.truth.update({r["title_raw"]: r for r in raw.to_dict("records")})
@@ -277,3 +269,18 @@ def test_dvc_stage_killed_between_dispatch_and_finalize_resumes(tmp_path, fake, 
     log = run(["dvc", "repro", "clean"], root)  # the stage finds every answer in the ledger
     assert "clean" in stages_run(log.stdout) and fake.calls[("POST", "/v1/batches")] == 6
     assert set(fake.sent.values()) == {1} and len(fake.sent) == 2 * len(final)
+
+
+def test_schema_is_strict_and_answers_are_checked_against_it():
+    from catalog_search.cleaning.openai_batch.schema import answer_model, parse_answer, response_format
+
+    model = answer_model({"color": ["Black", "Red"]})
+    sent = response_format(model)["json_schema"]
+    assert sent["strict"] is True and sent["schema"]["additionalProperties"] is False
+    assert set(sent["schema"]["required"]) == {"clean_title", "category", "style", "material", "color", "pattern"}
+    fields = dict(clean_title="Red Dress", category="Apparel", style=None, material=None, pattern="solid")
+    answer, problem = parse_answer(model, json.dumps({**fields, "color": "Red"}))
+    assert problem is None and answer.color == "Red"
+    assert parse_answer(model, json.dumps({**fields, "color": "Blue"}))[1].startswith("schema: color")
+    assert parse_answer(model, json.dumps({**fields, "color": "Red", "clean_title": "  "}))[1].startswith("schema:")
+    assert parse_answer(model, '{"clean_title": "Red')[1].startswith("malformed JSON")

@@ -26,18 +26,29 @@ def run(cmd: list[str], cwd, check=True) -> subprocess.CompletedProcess:
     return out
 
 
+def project(root, params: dict):
+    """This project's graph, stage scripts, package and DVC config in `root` with `params`, as a git repo."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("dvc.yaml", ".dvcignore"):
+        shutil.copy(ROOT / name, root / name)
+    for name in ("stages", "src", ".dvc"):
+        shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "cache", "tmp"))
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "init", "-q"], root)
+    return root
+
+
+def default_params() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
 def stages_run(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("project")
-    for name in ("dvc.yaml", ".dvcignore"):
-        shutil.copy(ROOT / name, root / name)
-    for name in ("stages", "src", ".dvc"):
-        shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "cache", "tmp"))
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = default_params()
     params["data"]["demo"].update(n_products=160, image_size=32)
     params["shard"].update(mini_train_size=16, samples_per_shard=50)
     params["model"] = {"name": "tiny", "pretrained": "none", "image_size": 32}
@@ -46,8 +57,7 @@ def repo(tmp_path_factory):
     params["train"]["linear_probe"] = {"epochs": 2, "lr": 0.003}
     params["attributes"].update(image_size=32, epochs=1, batch_size=32, head_hidden=32, min_count=2,
                                 lora={"r": 4, "alpha": 8, "dropout": 0.05, "last_blocks": 1})
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["git", "init", "-q"], root)
+    root = project(tmp_path_factory.mktemp("project"), params)
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-qm", "tiny project"], root)
     first = run(["dvc", "repro"], root)
@@ -201,17 +211,10 @@ def test_fashion_product_source_through_ingest_clean_shard(tmp_path):
         "baseColour": ["Navy Blue"] * 30, "season": ["Fall"] * 30, "year": [2012] * 30, "usage": ["Casual"] * 30,
         "productDisplayName": [f"Brand Men Navy {types[i % 3]} {i}" for i in range(30)], "image": images,
     }).to_parquet(data / "train-00000-of-00001.parquet")
-    root = tmp_path / "project"
-    root.mkdir()
-    for name in ("dvc.yaml", ".dvcignore"):
-        shutil.copy(ROOT / name, root / name)
-    for name in ("stages", "src", ".dvc"):
-        shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "cache", "tmp"))
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = default_params()
     params["data"].update(source="fashion_product", path=str(data))
     params["shard"].update(mini_train_size=4, samples_per_shard=10)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["git", "init", "-q"], root)
+    root = project(tmp_path / "project", params)
     log = run(["dvc", "repro", "shard"], root).stdout
     assert stages_run(log) == {"ingest", "clean", "shard"}
     metrics = json.loads((root / "metrics/clean.json").read_text())

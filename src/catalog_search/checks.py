@@ -8,6 +8,7 @@ from catalog_search.attributes import MODES
 from catalog_search.attributes.labels import CLASS_WEIGHTS, check_heads
 from catalog_search.cleaning import BACKENDS
 from catalog_search.cleaning.dedupe import ACTIONS
+from catalog_search.cleaning.openai_batch import ATTRIBUTE_FIELDS
 from catalog_search.evaluation import SCORES
 from catalog_search.index import INDEX_KINDS
 from catalog_search.models import open_clip_architectures, project_configs
@@ -68,6 +69,8 @@ def _check_openai_batch(cfg: dict) -> None:
     if not isinstance(vocabulary, dict) or not all(isinstance(v, list) for v in vocabulary.values()):
         raise ParamsError("params.yaml: clean.openai_batch.vocabulary must map an answer field to a list of values, "
                           "e.g. {color: [Black, Red]}")
+    for name in vocabulary:
+        check_choice("clean.openai_batch.vocabulary key", name, ATTRIBUTE_FIELDS)
 
 
 def _refuse_secrets(params: dict, where: str = "") -> None:

@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 
 def search_text_embedder(query: str, k: int) -> list[dict]:

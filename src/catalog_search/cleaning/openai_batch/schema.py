@@ -2,13 +2,11 @@
 and used again to validate every answer, since a batch answer can still be cut off or refused."""
 from __future__ import annotations
 
-import json
 from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
-# answer field -> catalog column it fills (clean_title is the catalog's `title`)
-ATTRIBUTE_FIELDS = ["category", "style", "material", "color", "pattern"]
+from catalog_search.cleaning.openai_batch import ATTRIBUTE_FIELDS
 
 
 class ProductMetadata(BaseModel):
@@ -34,11 +32,9 @@ class ProductMetadata(BaseModel):
 
 
 def answer_model(vocabulary: dict[str, list[str]]) -> type[ProductMetadata]:
-    """ProductMetadata with the attributes named in `vocabulary` limited to those values (an enum
-    in the schema, so the model cannot answer "navy blue" where the catalog says "Navy")."""
-    unknown = sorted(set(vocabulary) - set(ATTRIBUTE_FIELDS))
-    if unknown:
-        raise ValueError(f"clean.openai_batch.vocabulary: {unknown} are not answer fields ({ATTRIBUTE_FIELDS})")
+    """ProductMetadata with the attributes named in `vocabulary` (checked by checks.validate)
+    limited to those values: an enum in the schema, so the model cannot answer "navy blue" where
+    the catalog says "Navy"."""
     fields = {name: (Optional[Literal[tuple(values)]], Field(description=ProductMetadata.model_fields[name].description))
               for name, values in vocabulary.items() if values}
     return create_model("ProductMetadata", __base__=ProductMetadata, **fields) if fields else ProductMetadata
@@ -64,7 +60,3 @@ def parse_answer(model: type[ProductMetadata], content: str | None) -> tuple[Pro
         problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'answer'}: {err['msg']}" for err in e.errors()[:3])
         return None, f"schema: {problems}"
 
-
-def schema_text(model: type[ProductMetadata]) -> str:
-    """The schema as sent, for the request key and the token estimate."""
-    return json.dumps(response_format(model), sort_keys=True)

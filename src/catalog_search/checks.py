@@ -6,6 +6,7 @@ import re
 
 from catalog_search.attributes import MODES
 from catalog_search.attributes.labels import CLASS_WEIGHTS, check_heads
+from catalog_search.catalog import ATTRIBUTES
 from catalog_search.cleaning import BACKENDS
 from catalog_search.cleaning.dedupe import ACTIONS
 from catalog_search.cleaning.openai_batch import ATTRIBUTE_FIELDS
@@ -46,6 +47,7 @@ def validate(params: dict) -> None:
         _check_train(name, scenario_config(train, name))
     check_choice("embed.index.kind", params["embed"]["index"]["kind"], INDEX_KINDS)
     _check_attributes(params["attributes"])
+    _check_vlm(params["vlm"])
     name = params["model"]["name"]
     if name not in project_configs() + open_clip_architectures():
         raise ParamsError(f"params.yaml: model.name={name!r} is not known; choose a project config "
@@ -71,6 +73,18 @@ def _check_openai_batch(cfg: dict) -> None:
                           "e.g. {color: [Black, Red]}")
     for name in vocabulary:
         check_choice("clean.openai_batch.vocabulary key", name, ATTRIBUTE_FIELDS)
+
+
+def _check_vlm(cfg: dict) -> None:
+    if not cfg["attributes"]:
+        raise ParamsError("params.yaml: vlm.attributes is empty; name the catalog attributes the JSON answer holds")
+    for name in cfg["attributes"]:
+        check_choice("vlm.attributes[]", name, ATTRIBUTES)
+    for key in ("image_size", "visual_tokens", "min_count", "epochs", "batch_size", "extract_batch", "zero_shot_rows"):
+        if not isinstance(cfg[key], int) or cfg[key] < 1:
+            raise ParamsError(f"params.yaml: vlm.{key}={cfg[key]!r} must be a positive integer")
+    if cfg["train_rows"] is not None and (not isinstance(cfg["train_rows"], int) or cfg["train_rows"] < 1):
+        raise ParamsError(f"params.yaml: vlm.train_rows={cfg['train_rows']!r} must be a positive integer or null (all)")
 
 
 def _refuse_secrets(params: dict, where: str = "") -> None:

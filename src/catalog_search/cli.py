@@ -97,6 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--text-embedder", action="store_true", help="rank product descriptions with models/text_embedder")
     s.add_argument("--where", action="append", default=[], metavar="ATTR=VALUE",
                    help="keep products whose attribute equals VALUE (repeatable; case-insensitive)")
+    s.add_argument("--attributes-from", choices=["classifier", "vlm"], default="classifier",
+                   help="which model's filled-in attributes --where also matches (predict_attributes or extract_vlm)")
     s.add_argument("-k", type=int, default=10)
     s.add_argument("--json", action="store_true", help="print JSON lines for scripts")
     a = sub.add_parser("arena", help="blind A/B comparison of two scenarios in the browser")
@@ -157,7 +159,7 @@ def search(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         from catalog_search.search import ScenarioSearch
 
         try:
-            engine = ScenarioSearch(args.scenario)
+            engine = ScenarioSearch(args.scenario, attributes_from=args.attributes_from)
             results = (engine.search_image(args.image, args.k, where) if args.image
                        else engine.search_text(args.query, args.k, where))
         except (FileNotFoundError, ValueError, RuntimeError) as e:

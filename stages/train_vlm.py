@@ -1,0 +1,32 @@
+"""train_vlm: the attribute VLM (frozen backbone -> trained projector -> language model + LoRA) on
+the train split -> models/vlm/, metrics/train_vlm.json."""
+from pathlib import Path
+
+from dvclive import Live
+
+from catalog_search.attributes.labels import LabelSet
+from catalog_search.checks import validate
+from catalog_search.io import write_json
+from catalog_search.models.encode import pick_device
+from catalog_search.params import load_params
+from catalog_search.training.data import load_split
+from catalog_search.vlm.language import cache_dir
+from catalog_search.vlm.model import save_vlm
+from catalog_search.vlm.train import build, fit, image_inputs, subset
+
+SAVED = ("language", "backbone", "image_size", "visual_tokens", "prompt", "seed")
+
+if __name__ == "__main__":
+    params = load_params()
+    validate(params)
+    p, device = params["vlm"], pick_device()
+    rows = subset(load_split(Path("data/shards"), "train"), p["train_rows"], p["seed"])
+    labels = LabelSet.fit(rows, {a: [] for a in p["attributes"]}, p["min_count"], "none")
+    features = image_inputs(p, [r["image"] for r in rows], p["extract_batch"], device)
+    model, template, _ = build(p, labels, features.shape[1], cache_dir(p["cache_dir"]))
+    with Live("dvclive/vlm", dvcyaml=None, save_dvc_exp=False) as live:
+        record = fit(model, template, labels, rows, features, p, device, live)
+    save_vlm(Path("models/vlm"), model, labels, {**{k: p[k] for k in SAVED}, "feature_dim": features.shape[1]})
+    write_json("metrics/train_vlm.json", {k: v for k, v in record.items() if k != "epochs"})
+    print(f"train_vlm: {record['trainable_params']} trainable of {record['total_params']} params, {record['steps']} "
+          f"steps in {record['train_seconds']} s; epochs {record['epochs']}")

@@ -1,0 +1,146 @@
+"""The attribute VLM on a tiny random language model of the real architecture (Llama, SmolLM2's
+tokenizer): the JSON template, training, save/load, and extraction that is always valid JSON."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from catalog_search.attributes.labels import LabelSet
+from catalog_search.vlm.extract import catalog_records, extract, vlm_metrics
+from catalog_search.vlm.language import cache_dir, load_tokenizer
+from catalog_search.vlm.model import load_vlm, save_vlm
+from catalog_search.vlm.template import IGNORE, JsonTemplate
+from catalog_search.vlm.train import build, fit, image_features
+
+ATTRS = ["category", "color", "pattern"]
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory) -> dict:
+    return dict(language="tiny", backbone="packaged:efficientnet-lite0", image_size=32, visual_tokens=2, seed=0,
+                prompt="Attributes as JSON:", lora=dict(r=4, alpha=8, dropout=0.0), lr=0.01, weight_decay=0.0,
+                epochs=4, batch_size=16, warmup=0.1, grad_clip=1.0, cache_dir=None)
+
+
+@pytest.fixture(scope="module")
+def trained(demo_shards, cfg):
+    _, rows = demo_shards
+    rows = rows.to_dict("records")[:48]
+    labels = LabelSet.fit(rows, {a: [] for a in ATTRS}, 2, "none")
+    images = [r["image"] for r in _images(demo_shards, rows)]
+    features = image_features(cfg["backbone"], cfg["image_size"], images, 64, torch.device("cpu"))
+    model, template, tokenizer = build(cfg, labels, features.shape[1], cache_dir(cfg["cache_dir"]))
+    record = fit(model, template, labels, rows, features, cfg, torch.device("cpu"))
+    return model, template, tokenizer, labels, rows, features, record
+
+
+def _images(demo_shards, rows):
+    from catalog_search.training.data import load_split
+
+    shards, _ = demo_shards
+    by_id = {r["product_id"]: r for split in ("train", "val", "test") for r in load_split(shards, split)}
+    return [by_id[r["product_id"]] for r in rows]
+
+
+def test_template_round_trips_masks_unknowns_and_rejects_other_json():
+    tokenizer = load_tokenizer("tiny", cache_dir(None))
+    template = JsonTemplate(tokenizer, {"color": ["Red", "Navy"], "pattern": ["solid", "polka dot"]})
+    ids, labels = template.target({"color": "Navy", "pattern": None})
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    assert json.loads(text) == {"color": "Navy", "pattern": "solid"}  # an unknown takes the first class's place...
+    masked = [i for i, lab in zip(ids, labels) if lab == IGNORE]
+    assert tokenizer.decode(masked) == "solid"  # ...and is left out of the loss
+    assert template.parse(text)[0] == {"color": "Navy", "pattern": "solid"}
+    assert template.parse('{"color": "Blue", "pattern": "solid"}')[1] == "literal_error"
+    assert template.parse('{"color": "Red"}')[1] == "missing"
+    assert template.parse('{"color": "Red", "pattern": "sol')[1] == "json_invalid"
+
+
+def test_training_lowers_the_loss_and_only_projector_and_lora_learn(trained):
+    model, *_, record = trained
+    losses = [e["loss"] for e in record["epochs"]]
+    assert losses[-1] < losses[0]
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert names and all(n.startswith("projector.") or "lora_" in n for n in names)
+    assert record["trainable_params"] < record["total_params"] / 5
+
+
+def test_extraction_is_always_valid_and_repairs_are_counted(trained):
+    model, template, tokenizer, labels, rows, features, _ = trained
+    answers, repaired, per_s = extract(model, template, tokenizer, features[:12], 8, torch.device("cpu"))
+    assert per_s > 0 and len(answers) == 12
+    for answer in answers:
+        assert template.parse(template.dumps(answer))[0] == answer  # every answer is JSON of the schema
+    metrics = vlm_metrics(labels, rows[:12], answers, repaired)
+    assert metrics["valid_json_after_repair"] == 1.0 and metrics["repaired"] == sum(repaired)
+    assert metrics["valid_json_raw"] == round(1 - sum(repaired) / 12, 4)
+    records = catalog_records(rows[:12], answers, repaired)
+    first = records[0]["attributes"]["color"]
+    assert set(first) == {"value", "source", "prediction", "confidence", "repaired"} and first["source"] == "catalog"
+
+
+def test_constrained_decoding_forces_valid_json_from_a_random_model(trained):
+    model, template, *_ , features, _ = trained
+    untuned_prefix = model.prefix(features[:1])
+    answer = template.decode_constrained(model.lm, untuned_prefix)
+    assert set(answer) == set(ATTRS) and all(answer[a] in template.values[a] for a in ATTRS)
+
+
+def test_save_and_load_give_the_same_answers(trained, tmp_path, cfg):
+    model, template, tokenizer, labels, rows, features, _ = trained
+    settings = {k: cfg[k] for k in ("language", "backbone", "image_size", "visual_tokens", "prompt", "seed")}
+    save_vlm(tmp_path / "vlm", model, labels, {**settings, "feature_dim": features.shape[1]})
+    loaded, template2, labels2, _, tokenizer2 = load_vlm(tmp_path / "vlm", cache_dir(None))
+    before = model.eval().generate_text(features[:4], tokenizer, 12)
+    after = loaded.generate_text(features[:4], tokenizer2, 12)
+    assert before == after and template2.values == template.values
+
+
+@pytest.fixture(scope="module")
+def tiny_llava(tmp_path_factory) -> str:
+    """A tiny random LLaVA (CLIP vision tower + Llama) with its processor, saved like a Hub model."""
+    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+                              LlavaForConditionalGeneration, LlavaProcessor)
+
+    tokenizer = load_tokenizer("tiny", cache_dir(None))
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    processor = LlavaProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
+                                                                  crop_size={"height": 32, "width": 32}),
+                               tokenizer=tokenizer, patch_size=16, vision_feature_select_strategy="default",
+                               num_additional_image_tokens=1)
+    config = LlavaConfig(vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                        num_attention_heads=2, image_size=32, patch_size=16),
+                         text_config=LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                                                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
+                         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+                         vision_feature_select_strategy="default", vision_feature_layer=-1)
+    folder = tmp_path_factory.mktemp("tiny-llava")
+    torch.manual_seed(0)
+    LlavaForConditionalGeneration(config).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return str(folder)
+
+
+def test_hugging_face_image_text_to_text_path(demo_shards, tiny_llava, cfg, tmp_path):
+    """`language: hf:<folder>`: the same training, extraction and save/load on a HF VLM."""
+    from catalog_search.vlm.train import image_inputs
+
+    _, kept = demo_shards
+    rows = kept.to_dict("records")[:32]
+    labels = LabelSet.fit(rows, {a: [] for a in ATTRS}, 2, "none")
+    hf = {**cfg, "language": f"hf:{tiny_llava}", "epochs": 2}
+    pixels = image_inputs(hf, [r["image"] for r in _images(demo_shards, rows)], 16, torch.device("cpu"))
+    assert pixels.shape[1:] == (3, 32, 32)
+    model, template, tokenizer = build(hf, labels, 0, cache_dir(None))
+    record = fit(model, template, labels, rows, pixels, hf, torch.device("cpu"))
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert names and all("lora_" in n and "language_model" in n for n in names)
+    assert record["epochs"][-1]["loss"] < record["epochs"][0]["loss"]
+    answers, repaired, _ = extract(model, template, tokenizer, pixels[:6], 6, torch.device("cpu"))
+    assert all(template.parse(template.dumps(a))[0] == a for a in answers)
+    settings = {k: hf[k] for k in ("language", "backbone", "image_size", "visual_tokens", "prompt", "seed")}
+    save_vlm(tmp_path / "vlm", model, labels, {**settings, "feature_dim": 0})
+    loaded, _, _, _, tokenizer2 = load_vlm(tmp_path / "vlm", cache_dir(None))
+    assert model.eval().generate_text(pixels[:3], tokenizer, 10) == loaded.generate_text(pixels[:3], tokenizer2, 10)

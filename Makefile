@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run test test-slow bench
+.PHONY: setup run test test-slow bench real-catalog
 
 setup: $(STAMP) $(FMNIST)
 
@@ -39,6 +39,10 @@ $(CHROMIUM):
 
 run: setup
 	$(BIN)/dvc repro
+
+# The real catalog (../shared/datasets/fashion-product-images-small): sweep, seeds, results/fashion-product-images/
+real-catalog: setup
+	$(BIN)/catalog-search run-catalog runs/fashion-product-images.yaml
 
 test: setup $(CHROMIUM)
 	$(BIN)/pytest

@@ -1,4 +1,4 @@
-"""embed@<scenario>: test-split image and text embeddings + FAISS index -> data/embeddings/<scenario>/.
+"""embed@<scenario>: test-split image, caption, title and attribute-query embeddings + FAISS index -> data/embeddings/<scenario>/.
 
 Loads the merged checkpoint with plain open_clip (`local-dir:`), as a user of the model would.
 """
@@ -10,8 +10,9 @@ import pandas as pd
 import torch
 
 from catalog_search.catalog import ATTRIBUTES
-from catalog_search.index import file_fingerprint, save_embeddings
-from catalog_search.models.encode import autocast, pick_device
+from catalog_search.evaluation import attribute_queries
+from catalog_search.index import file_fingerprint, product_title, save_embeddings, save_queries
+from catalog_search.models.encode import autocast, encode, pick_device
 from catalog_search.params import load_params
 from catalog_search.training.data import SplitEncoder, load_split
 
@@ -27,8 +28,17 @@ if __name__ == "__main__":
                        workers=p["workers"])
     with torch.no_grad(), autocast(device):
         images, texts = enc.embed_all("image"), enc.embed_all("text")
+        # the evaluation protocols' own queries: each product's title, each attribute value as a text
+        titles = [product_title(s) for s in samples]
+        queries, _ = attribute_queries(samples, ATTRIBUTES)
+        tokenize = open_clip.get_tokenizer(merged)
+        title_vectors, query_vectors = (
+            encode(model, "text", texts_, lambda b: tokenize(list(b)).to(device), p["batch_size"], device).numpy()
+            for texts_ in (titles, [value for _, value in queries]))
     items = pd.DataFrame([{k: s.get(k) for k in ["product_id", "title", "captions", *ATTRIBUTES]} for s in samples])
     fingerprint = file_fingerprint(Path(f"models/{name}/merged/open_clip_model.safetensors"))
-    save_embeddings(Path("data/embeddings") / name, images, texts, items, pd.DataFrame({"text": enc.texts}),
+    out = Path("data/embeddings") / name
+    save_embeddings(out, images, texts, items, pd.DataFrame({"text": enc.texts}),
                     {"scenario": name, "split": p["split"], "model_fingerprint": fingerprint}, p["index"])
+    save_queries(out, titles, title_vectors, queries, query_vectors)
     print(f"embed@{name}: {len(images)} images, {len(texts)} texts, dim {images.shape[1]}")

@@ -1,4 +1,6 @@
-"""report: every scenario side by side -> reports/summary.md, metrics/summary.json, reports/recall_at_k.png."""
+"""report: every scenario side by side -> reports/summary.md, metrics/summary.json, reports/recall_at_k.png,
+reports/top5.png (each scenario's top-5 images for a fixed set of test titles)."""
+import json
 import os
 import platform
 from datetime import date
@@ -6,13 +8,28 @@ from pathlib import Path
 
 from catalog_search.io import write_json, write_text
 from catalog_search.params import load_params
-from catalog_search.report import markdown, plot_recall, summarise
+from catalog_search.report import gallery, gallery_queries, markdown, plot_recall, summarise
+from catalog_search.shards import iter_samples
+
+SHARDS = Path("data/shards")
 
 if __name__ == "__main__":
-    scenarios = load_params()["train"]["scenarios"]
-    summary = summarise(scenarios, Path("metrics/eval"), Path("metrics/train"))
+    params = load_params()
+    scenarios, p = params["train"]["scenarios"], params["report"]
+    clean = json.loads(Path("metrics/clean.json").read_text())
+    manifest = json.loads((SHARDS / "manifest.json").read_text())
+    first = json.loads((Path("metrics/eval") / f"{scenarios[0]}.json").read_text())
+    counts = {"products_in": clean["rows_in"], "products_kept": clean["rows_kept"],
+              "train_images": manifest["splits"]["train"]["samples"], "test_images": first["n_images"],
+              "caption_queries": first["n_texts"], "attribute_queries": first["n_attribute_queries"],
+              "sampled_queries": min(params["evaluate"]["sampled"]["queries"], first["n_images"])}
+    summary = summarise(scenarios, Path("metrics/eval"), Path("metrics/train"), counts,
+                        params["evaluate"]["bootstrap"], params["evaluate"]["seed"])
     write_json("metrics/summary.json", summary)
-    header = f"# Scenario comparison\n\nTest split; {date.today()}; {platform.machine()}, {os.cpu_count()} CPU cores"
-    write_text("reports/summary.md", markdown(summary, header + "\n"))
+    header = f"# Scenario comparison\n\nTest split; {date.today()}; {platform.machine()}, {os.cpu_count()} CPU cores\n"
+    write_text("reports/summary.md", markdown(summary, header))
     plot_recall(scenarios, Path("reports/recall_at_k"), Path("reports/recall_at_k.png"))
+    samples = list(iter_samples(SHARDS, params["embed"]["split"]))  # the order embed used: row i = image i
+    queries = gallery_queries([s.get("subcategory") for s in samples], p["gallery_queries"], p["seed"])
+    gallery(scenarios, Path("data/embeddings"), [s["image"] for s in samples], queries, Path("reports/top5.png"))
     print(markdown(summary))

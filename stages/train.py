@@ -37,7 +37,8 @@ if __name__ == "__main__":
     if device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
     torch.manual_seed(cfg["seed"])  # the projections' initialisation, zero_shot included: same on every rank
-    bundle = create_model(m["name"], m["pretrained"], image_size=m["image_size"], loss=cfg["loss"], device=device)
+    start = params["pretrain"]["base"] if scenario.start == "base" else m["pretrained"]
+    bundle = create_model(m["name"], start, image_size=m["image_size"], loss=cfg["loss"], device=device)
     wrapper = apply_scenario(bundle.model, scenario, cfg["lora"])
     sizes = trainable_summary(bundle.model)
     checkpoints = Path("checkpoints") / name
@@ -47,13 +48,14 @@ if __name__ == "__main__":
         result = train(bundle, scenario, load_split(SHARDS, cfg["train_split"]), load_split(SHARDS, "val"),
                        cfg, device, live if world.is_main else None, world, checkpoints)
     if world.is_main:
-        card = {"scenario": name, "model": m, "towers": {"image": scenario.image, "text": scenario.text,
+        card = {"scenario": name, "model": {**m, "pretrained": start}, "towers": {"image": scenario.image, "text": scenario.text,
                 "projections": "trained" if scenario.projections else "frozen"}, "train": cfg, **sizes,
                 **{k: v for k, v in result.items() if k != "val"}, "val_metrics": result["val"],
                 "device": str(device), "processes": world.size}
         save_model(Path("models") / name, bundle, wrapper, card)
         keep = ("train_seconds", "steps", "best_step", "final_loss", "samples_per_second")
-        write_json(f"metrics/train/{name}.json", {**sizes, **{k: result[k] for k in keep if k in result},
+        write_json(f"metrics/train/{name}.json", {**sizes, "epochs_given": cfg["epochs"], "lr": cfg["lr"],
+                   **{k: result[k] for k in keep if k in result},
                    **{f"val_{k}": v for k, v in result["val"].items() if k.endswith(("R@10", "mrr"))}})
         print(f"train@{name}: {sizes['trainable_params']} trainable params, {result['steps']} steps, "
               f"{result['train_seconds']} s; val t2i R@10 {result['val']['text_to_image_R@10']}")

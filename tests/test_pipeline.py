@@ -13,7 +13,8 @@ import yaml
 
 from conftest import ROOT
 
-SCENARIOS = ["zero_shot", "linear_probe", "dual_lora"]
+SCENARIOS = ["chance", "zero_shot", "linear_probe", "dual_lora"]
+PRETRAINED = "models/pretrained/merged/open_clip_model.safetensors"
 
 
 def run(cmd: list[str], cwd, check=True) -> subprocess.CompletedProcess:
@@ -51,7 +52,8 @@ def repo(tmp_path_factory):
     params = default_params()
     params["data"]["demo"].update(n_products=160, image_size=32)
     params["shard"].update(mini_train_size=16, samples_per_shard=50)
-    params["model"] = {"name": "tiny", "pretrained": "none", "image_size": 32}
+    params["model"] = {"name": "tiny", "pretrained": PRETRAINED, "image_size": 32}
+    params["pretrain"].update(base="none", caption_size=32, train={"epochs": 2, "lr": 0.003, "batch_size": 32})
     params["train"]["scenarios"] = SCENARIOS
     params["train"]["defaults"].update(epochs=1, batch_size=32)
     params["train"]["linear_probe"] = {"epochs": 2, "lr": 0.003}
@@ -68,7 +70,7 @@ def repo(tmp_path_factory):
 
 def test_repro_builds_every_stage_output(repo):
     root, log = repo
-    assert stages_run(log) == ({"ingest", "clean", "shard", "report", "train_text", "evaluate_text",
+    assert stages_run(log) == ({"ingest", "clean", "shard", "pretrain", "report", "train_text", "evaluate_text",
                                 "train_attributes", "evaluate_attributes", "predict_attributes",
                                 "train_vlm", "evaluate_vlm", "extract_vlm"}
                                | {f"{s}@{n}" for s in ("train", "embed", "evaluate") for n in SCENARIOS})
@@ -85,12 +87,48 @@ def test_repro_builds_every_stage_output(repo):
     assert not any((root / "checkpoints/dual_lora").iterdir())  # a finished run leaves no checkpoint to resume
     assert not (root / "models/linear_probe/adapter").exists()
     summary = (root / "reports/summary.md").read_text()
-    assert all(f"| {s} |" in summary for s in SCENARIOS) and "chance floor" in summary
+    assert all(f"| {s} |" in summary for s in SCENARIOS)
+    assert "- dual_lora vs zero_shot: title→img R@10" in summary and "noise" in summary
     assert (root / "reports/recall_at_k.png").stat().st_size > 1000
-    assert set(json.loads((root / "metrics/summary.json").read_text())["scenarios"]) == set(SCENARIOS)
+    assert (root / "reports/top5.png").stat().st_size > 1000
+    data = json.loads((root / "metrics/summary.json").read_text())
+    assert set(data["scenarios"]) == set(SCENARIOS)
+    assert set(data["comparisons"]) == {"linear_probe vs zero_shot", "dual_lora vs zero_shot", "dual_lora vs linear_probe"}
+    d = data["comparisons"]["dual_lora vs zero_shot"]["title_to_image_R@10"]
+    assert d["ci95"][0] <= d["diff"] <= d["ci95"][1] and 0 < d["p"] <= 1
+    ev = json.loads((root / "metrics/eval/dual_lora.json").read_text())
+    assert ev["n_title_queries"] == ev["n_images"] and ev["n_attribute_queries"] > 5
+    assert {"title_to_image_R@10", "attribute_P@10", "sampled100_image_to_text_R@1"} <= set(ev["ci95"])
+    assert set(ev["attribute_queries"]) == {"category", "subcategory", "article_type", "color"}
     text = json.loads((root / "metrics/text_embedder.json").read_text())
     assert set(text) == {"base", "tuned", "gain"} and 0 <= text["tuned"]["MRR@10"] <= 1
     assert (root / "models/text_embedder/adapter_model.safetensors").exists()
+
+
+def test_pretraining_saw_only_train_photos_and_generic_captions(repo):
+    """The aligned start (zero_shot) never saw a val/test photo, a title or an evaluation caption."""
+    from safetensors.torch import load_file
+
+    from catalog_search.shards import iter_samples
+
+    root, _ = repo
+    corpus = pd.read_parquet(root / "models/pretrained/corpus.parquet")
+    split_ids = {s: {x["product_id"] for x in iter_samples(root / "data/shards", s)} for s in ("train", "val", "test")}
+    assert set(corpus["product_id"]) == split_ids["train"]
+    assert not set(corpus["product_id"]) & (split_ids["val"] | split_ids["test"])
+    catalog_texts = set()
+    for s in ("train", "val", "test"):
+        for x in iter_samples(root / "data/shards", s):
+            catalog_texts |= {t.lower() for t in x["captions"]} | {str(x["title"]).lower()}
+    seen = {c.lower() for caps in corpus["captions"] for c in caps}
+    assert seen and not seen & catalog_texts
+    templates = default_params()["clean"]["captions"]["templates"] + ["a photo of {}", "{} in {}"]
+    assert not any(re.fullmatch(re.sub(r"\\\{[^}]*\\\}", ".+", re.escape(t)), c) for t in templates for c in seen)
+    pretrained, zero_shot = load_file(root / PRETRAINED), load_file(root / "models/zero_shot/merged/open_clip_model.safetensors")
+    assert pretrained.keys() == zero_shot.keys() and all((pretrained[k] == zero_shot[k]).all() for k in pretrained)
+    chance = load_file(root / "models/chance/merged/open_clip_model.safetensors")
+    assert not (chance["text_projection"] == pretrained["text_projection"]).all()
+    assert json.loads((root / "metrics/pretrain.json").read_text())["images"] == len(split_ids["train"])
 
 
 def test_attribute_stages_evaluate_and_fill_the_catalog_gaps(repo):

@@ -8,6 +8,7 @@
     catalog-search attributes photo.jpg [more.jpg ...]   # structured attributes (JSON) from the classifier
     catalog-search clean prepare [--dry-run] | dispatch | monitor [--wait] | finalize | cancel
                                                     # clean.backend openai_batch, by hand over hours
+    catalog-search run-catalog runs/fashion-product-images.yaml   # another catalog: sweep, seeds -> results/
 
 Run it in the project folder after `dvc repro`: it reads params.yaml, models/ and data/.
 """
@@ -114,6 +115,9 @@ def main(argv: list[str] | None = None) -> None:
     t = sub.add_parser("attributes", help="predict attributes of images with models/attributes (JSON lines)")
     t.add_argument("images", nargs="+", type=Path)
     t.add_argument("--model", type=Path, default=Path("models/attributes"))
+    rc = sub.add_parser("run-catalog", help="the graph on another catalog with a fair tuning sweep and seeds, "
+                        "in a clone under .runs/ -> results/<name>/")
+    rc.add_argument("run_file", type=Path, help="e.g. runs/fashion-product-images.yaml")
     c = sub.add_parser("clean", help="VLM cleaning through the OpenAI Batch API, one step at a time "
                                      "(clean.backend: openai_batch; `dvc repro clean` runs every step)")
     c.add_argument("step", choices=["prepare", "dispatch", "monitor", "finalize", "cancel"])
@@ -122,6 +126,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "clean":
         sys.exit(clean_step(args))
+    if args.command == "run-catalog":
+        from catalog_search.runs import run_catalog
+
+        if not args.run_file.exists():
+            raise SystemExit(f"catalog-search: run file {args.run_file} not found (e.g. runs/fashion-product-images.yaml)")
+        run_catalog(args.run_file)
+        return
     if args.command == "attributes":
         for row in image_attributes(args.images, args.model):
             print(json.dumps(row))

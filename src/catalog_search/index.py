@@ -98,9 +98,7 @@ def save_embeddings(out_dir: Path, images: np.ndarray, texts: np.ndarray, items:
     out_dir.mkdir(parents=True, exist_ok=True)
     images, texts = normalise(images), normalise(texts)
     for name, arr in (("images.npy", images), ("texts.npy", texts)):
-        with atomic_path(out_dir / name) as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, arr)
+        _save_npy(out_dir / name, arr)
     for name, df in (("items.parquet", items), ("texts.parquet", text_rows)):
         with atomic_path(out_dir / name) as tmp:
             df.to_parquet(tmp, index=False)
@@ -110,6 +108,29 @@ def save_embeddings(out_dir: Path, images: np.ndarray, texts: np.ndarray, items:
         faiss.write_index(index, str(tmp))
     write_json(out_dir / "info.json", {**info, "dim": int(images.shape[1]), "n_images": len(images),
                                        "n_texts": len(texts), "index": index_params})
+
+
+def product_title(sample: dict) -> str:
+    """The text a product is listed under: its (cleaned) title, else its first caption."""
+    return str(sample.get("title") or sample["captions"][0]).strip()
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, np.ascontiguousarray(arr, np.float32))
+
+
+def save_queries(out_dir: Path, titles: list[str], title_vectors: np.ndarray, queries: list[tuple[str, str]],
+                 query_vectors: np.ndarray) -> None:
+    """The evaluation protocols' texts beside the embeddings: titles.npy (row i = image i's product
+    title), queries.parquet + queries.npy (one attribute value per row)."""
+    _save_npy(out_dir / "titles.npy", normalise(title_vectors))
+    if not queries:  # a catalog without attributes
+        query_vectors = np.zeros((0, title_vectors.shape[1]), np.float32)
+    _save_npy(out_dir / "queries.npy", normalise(query_vectors))
+    with atomic_path(out_dir / "queries.parquet") as tmp:
+        pd.DataFrame(queries, columns=["attribute", "value"]).to_parquet(tmp, index=False)
 
 
 def load_embeddings(folder: Path) -> tuple[np.ndarray, np.ndarray, pd.DataFrame, pd.DataFrame, dict]:

@@ -17,6 +17,7 @@ class Scenario:
     image: str          # frozen | lora | full
     text: str
     projections: bool   # projections + logit scale/bias trained
+    start: str = "pretrained"  # pretrained: model.pretrained (the aligned start) | base: pretrain.base (unaligned)
 
     @property
     def trains(self) -> bool:
@@ -27,6 +28,7 @@ class Scenario:
 
 
 SCENARIOS: dict[str, Scenario] = {
+    "chance": Scenario("frozen", "frozen", False, start="base"),  # the towers before alignment: a reference floor
     "zero_shot": Scenario("frozen", "frozen", False),
     "linear_probe": Scenario("frozen", "frozen", True),
     "vision_lora": Scenario("lora", "frozen", True),

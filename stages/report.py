@@ -23,7 +23,7 @@ if __name__ == "__main__":
               "train_images": manifest["splits"]["train"]["samples"], "test_images": first["n_images"],
               "caption_queries": first["n_texts"], "attribute_queries": first["n_attribute_queries"],
               "sampled_queries": min(params["evaluate"]["sampled"]["queries"], first["n_images"])}
-    summary = summarise(scenarios, Path("metrics/eval"), Path("metrics/train"), counts,
+    summary = summarise(scenarios, Path("metrics/eval"), Path("metrics/train"), Path("data/eval"), counts,
                         params["evaluate"]["bootstrap"], params["evaluate"]["seed"])
     write_json("metrics/summary.json", summary)
     header = f"# Scenario comparison\n\nTest split; {date.today()}; {platform.machine()}, {os.cpu_count()} CPU cores\n"

@@ -37,9 +37,9 @@ def per_query(scores: dict[str, np.ndarray], metric: str) -> np.ndarray:
     return 1.0 / r if stat == "mrr" else (r <= int(stat[2:])).astype(np.float64)
 
 
-def compare(scenarios: list[str], eval_dir: Path, n: int, seed: int) -> dict:
+def compare(scenarios: list[str], scores_dir: Path, n: int, seed: int) -> dict:
     """Paired differences of every trained scenario against each baseline on the same queries."""
-    scores = {s: dict(np.load(eval_dir / f"{s}.npz")) for s in scenarios}
+    scores = {s: dict(np.load(scores_dir / f"{s}.npz")) for s in scenarios}
     out = {}
     for base in BASELINES:
         for s in scenarios:
@@ -53,8 +53,8 @@ def compare(scenarios: list[str], eval_dir: Path, n: int, seed: int) -> dict:
     return out
 
 
-def summarise(scenarios: list[str], eval_dir: Path, train_dir: Path, counts: dict, n: int = 1000,
-              seed: int = 0) -> dict:
+def summarise(scenarios: list[str], eval_dir: Path, train_dir: Path, scores_dir: Path, counts: dict,
+              n: int = 1000, seed: int = 0) -> dict:
     rows = {}
     for s in scenarios:
         ev = json.loads((eval_dir / f"{s}.json").read_text())
@@ -64,7 +64,7 @@ def summarise(scenarios: list[str], eval_dir: Path, train_dir: Path, counts: dic
                    "trainable_fraction": round(tr["trainable_params"] / tr["base_params"], 6),
                    "train_seconds": tr["train_seconds"],
                    "given": {k: tr.get(k) for k in ("epochs_given", "lr", "steps", "best_step")}}
-    return {"scenarios": rows, "comparisons": compare(scenarios, eval_dir, n, seed), "counts": counts}
+    return {"scenarios": rows, "comparisons": compare(scenarios, scores_dir, n, seed), "counts": counts}
 
 
 def _metric(row: dict, key: str) -> str:

@@ -121,7 +121,7 @@ def run_catalog(run_file: Path, root: Path = Path(".")) -> dict:
     for lr in sweep["lr"]:
         point = stashes / f"lr{lr:g}"
         if not point.exists():
-            sets = [f"train.{s}.lr={lr}" for s in trained]
+            sets = [f"++train.{s}.lr={lr}" for s in trained]
             _run(["dvc", "exp", "run", *[a for x in sets for a in ("-S", x)], spec.get("target", "report")], work, log)
             _stash(work, point, scenarios)
         grid[lr] = {s: read_json(point / f"metrics/train/{s}.json") for s in trained}
@@ -134,7 +134,7 @@ def run_catalog(run_file: Path, root: Path = Path(".")) -> dict:
     for seed in spec["seeds"]:
         point = stashes / f"seed{seed}"
         if not point.exists():
-            sets = [x for s in best for x in (f"train.{s}.lr={chosen[s]}", f"train.{s}.seed={seed}")]
+            sets = [x for s in best for x in (f"++train.{s}.lr={chosen[s]}", f"++train.{s}.seed={seed}")]
             _run(["dvc", "exp", "run", *[a for x in sets for a in ("-S", x)], spec.get("target", "report")], work, log)
             _stash(work, point, best)
         for s in best:

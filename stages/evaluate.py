@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from catalog_search.catalog import ATTRIBUTES
 from catalog_search.evaluation import (attribute_queries, bootstrap_ci, caption_positives, mean_ci, precision_at,
                                        rank_metrics, recall_curve, retrieval_metrics, sampled_ranks, title_positives)
 from catalog_search.evaluation import ranks as rank_of
@@ -42,7 +43,8 @@ if __name__ == "__main__":
 
     queries = pd.read_parquet(folder / "queries.parquet")
     keep = queries["attribute"].isin(p["attributes"]).to_numpy()
-    wanted, relevant = attribute_queries(items.to_dict("records"), p["attributes"])
+    asked = [a for a in ATTRIBUTES if a in p["attributes"]]  # embed wrote every attribute's values, in this order
+    wanted, relevant = attribute_queries(items.to_dict("records"), asked)
     assert wanted == list(zip(queries["attribute"][keep], queries["value"][keep])), "queries.parquet is stale"
     by_attribute = {}
     if wanted:

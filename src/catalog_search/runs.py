@@ -65,8 +65,11 @@ def _clone(root: Path, work: Path, log: Path) -> str:
     if not (work / ".git").exists():
         work.parent.mkdir(parents=True, exist_ok=True)
         _run(["git", "clone", "-q", str(root), str(work)], root, log)
+    lock = (work / "dvc.lock").read_bytes() if (work / "dvc.lock").exists() else None
     _run(["git", "fetch", "-q", str(root), head], work, log)
     _run(["git", "checkout", "-q", "-f", head], work, log)
+    if lock is not None:  # the lock of the outputs already in the clone: DVC re-runs only what the new code touches
+        (work / "dvc.lock").write_bytes(lock)
     return head
 
 

@@ -1,0 +1,49 @@
+"""run-catalog for real: a clone of a committed project, a dvc exp per grid point, seeds, results/."""
+import json
+
+import yaml
+
+from test_pipeline import default_params, project, run
+
+
+def test_run_catalog_sweeps_on_val_adds_seeds_and_resumes(tmp_path):
+    params = default_params()
+    params["data"]["demo"].update(n_products=160, image_size=32)
+    params["shard"].update(mini_train_size=16, samples_per_shard=50)
+    params["model"] = {"name": "tiny", "pretrained": "models/pretrained/merged/open_clip_model.safetensors",
+                       "image_size": 32}
+    params["pretrain"].update(base="none", caption_size=32, train={"epochs": 1, "lr": 0.003, "batch_size": 32})
+    params["train"]["scenarios"] = ["chance", "zero_shot", "linear_probe"]
+    params["train"]["defaults"].update(batch_size=32)
+    root = project(tmp_path / "project", params)
+    (root / ".gitignore").write_text(".runs/\n")
+    (root / "runs").mkdir()
+    (root / "runs/tiny.yaml").write_text(yaml.safe_dump({
+        "name": "tiny", "results": "results/tiny", "set": {"data.demo.seed": 3},
+        "sweep": {"lr": [0.0001, 0.01], "epochs": 2, "metric": "val_text_to_image_R@10"},
+        "seeds": [1], "seed_scenarios": 1, "target": "report"}))
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-qm", "project"], root)
+
+    out = run(["catalog-search", "run-catalog", "runs/tiny.yaml"], root)
+    assert out.stdout.count("dvc exp run") == 3  # two grid points, one seed
+    summary = json.loads((root / "results/tiny/summary.json").read_text())
+    val = summary["tuning"]["val"]
+    best = max(("0.0001", "0.01"), key=lambda lr: val[lr]["linear_probe"])
+    assert summary["tuning"]["chosen_lr"]["linear_probe"] == float(best)
+    chosen = yaml.safe_load((root / "results/tiny/params.yaml").read_text())
+    assert chosen["train"]["linear_probe"] == {"epochs": 2, "lr": float(best)} and chosen["data"]["demo"]["seed"] == 3
+    # the report is of the chosen point: its test numbers are the stashed ones of that lr
+    stashed = json.loads((root / f".runs/tiny.stash/lr{float(best):g}/metrics/eval/linear_probe.json").read_text())
+    assert summary["scenarios"]["linear_probe"]["title_to_image_R@10"] == stashed["title_to_image_R@10"]
+    spread = summary["seed_spread"]["linear_probe"]["title_to_image_R@10"]
+    assert set(spread["seeds"]) == {"0", "1"} and spread["std"] >= 0
+    assert spread["seeds"]["0"] == stashed["title_to_image_R@10"]
+    assert "linear_probe vs zero_shot" in summary["comparisons"] and summary["run"]["wall_seconds"] > 0
+    md = (root / "results/tiny/summary.md").read_text()
+    assert "## Tuning budget" in md and "## Seed-to-seed spread" in md
+    assert (root / "results/tiny/top5.png").stat().st_size > 1000
+    assert not (root / "data").exists()  # the project's own workspace is untouched: all of it ran in .runs/tiny
+
+    again = run(["catalog-search", "run-catalog", "runs/tiny.yaml"], root)  # finished points are not re-run
+    assert "dvc exp run" not in again.stdout

@@ -79,6 +79,9 @@ def create_model(name: str, pretrained: str | None = "packaged", *, image_size: 
         raise ParamsError(f"train.loss={loss!r} is not valid; choose one of {LOSSES}")
     pretrained = None if pretrained in (None, "none", "None") else str(pretrained)
     checkpoint = pretrained if pretrained and os.path.isfile(pretrained) else None
+    if pretrained and not checkpoint and pretrained.endswith((".safetensors", ".pt", ".pth", ".bin")):
+        raise ParamsError(f"model.pretrained={pretrained!r}: no such checkpoint file. The default one (the aligned "
+                          "start) is built by the pretrain stage: `dvc repro pretrain`.")
     model_kwargs = {"init_logit_scale": math.log(10), "init_logit_bias": -10.0} if loss == "siglip" else {}
     tokenizer_dir, packaged_image = None, None
 

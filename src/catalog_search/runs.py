@@ -102,6 +102,11 @@ def run_catalog(run_file: Path, root: Path = Path(".")) -> dict:
     log = root / ".runs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     commit = _clone(root, work, log)
+    elapsed = stashes / "elapsed_seconds"  # wall time of earlier invocations of this run (a resume adds to it)
+    before = float(elapsed.read_text()) if elapsed.exists() else 0.0
+
+    def checkpoint_time() -> None:
+        write_text(elapsed, f"{before + time.time() - started:.0f}\n")
 
     params = yaml.safe_load((work / "params.yaml").read_text())
     for key, value in spec["set"].items():
@@ -127,6 +132,7 @@ def run_catalog(run_file: Path, root: Path = Path(".")) -> dict:
             sets = [f"++train.{s}.lr={lr}" for s in trained]
             _run(["dvc", "exp", "run", *[a for x in sets for a in ("-S", x)], spec.get("target", "report")], work, log)
             _stash(work, point, scenarios)
+            checkpoint_time()
         grid[lr] = {s: read_json(point / f"metrics/train/{s}.json") for s in trained}
     metric = sweep["metric"]
     chosen = {s: max(sweep["lr"], key=lambda lr: grid[lr][s][metric]) for s in trained}
@@ -140,6 +146,7 @@ def run_catalog(run_file: Path, root: Path = Path(".")) -> dict:
             sets = [x for s in best for x in (f"++train.{s}.lr={chosen[s]}", f"++train.{s}.seed={seed}")]
             _run(["dvc", "exp", "run", *[a for x in sets for a in ("-S", x)], spec.get("target", "report")], work, log)
             _stash(work, point, best)
+            checkpoint_time()
         for s in best:
             spread[s][seed] = read_json(point / f"metrics/eval/{s}.json")
 
@@ -164,7 +171,7 @@ def run_catalog(run_file: Path, root: Path = Path(".")) -> dict:
                                   for m in SPREAD} for s, runs in spread.items()}
     summary["run"] = {"name": name, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                       "commit": commit, "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
-                      f"{platform.system()}", "wall_seconds": round(time.time() - started),
+                      f"{platform.system()}", "wall_seconds": round(before + time.time() - started),
                       "command": f"catalog-search run-catalog {run_file}"}
     write_json(results / "summary.json", summary)
     write_text(results / "params.yaml", yaml.safe_dump(recorded, sort_keys=False))
@@ -177,7 +184,8 @@ def run_catalog(run_file: Path, root: Path = Path(".")) -> dict:
 
 
 def _tuning_md(summary: dict) -> str:
-    t, lines = summary["tuning"], ["", "## Tuning budget (the same for every trained scenario)", "",
+    t = summary["tuning"]
+    lines = ["", "## Tuning budget (the same for every trained scenario)", "",
                                    f"Grid: lr {t['grid']['lr']}, epochs: {t['grid']['epochs']}; chosen on "
                                    f"{t['chosen_on']} (never test).", "", "| lr | " + " | ".join(t["chosen_lr"]) + " |",
                                    "|---" * (len(t["chosen_lr"]) + 1) + "|"]

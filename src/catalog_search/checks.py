@@ -16,6 +16,7 @@ from catalog_search.models import open_clip_architectures, project_configs
 from catalog_search.models.scenarios import LOSSES, PRECISIONS, SCENARIOS, scenario_config
 from catalog_search.params import ParamsError, check_choice
 from catalog_search.sources import READERS
+from catalog_search.training.pretrain import check_templates
 
 SECRET = re.compile(r"^sk-[A-Za-z0-9_-]{16,}$")
 
@@ -45,6 +46,7 @@ def validate(params: dict) -> None:
                               "its own section of overrides (an empty one is `{}`)")
     for name in train["scenarios"]:
         _check_train(name, scenario_config(train, name))
+    check_templates(params["pretrain"]["templates"], params["clean"]["captions"]["templates"])
     check_choice("embed.index.kind", params["embed"]["index"]["kind"], INDEX_KINDS)
     _check_attributes(params["attributes"])
     _check_vlm(params["vlm"])

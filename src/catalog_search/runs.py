@@ -65,11 +65,13 @@ def _clone(root: Path, work: Path, log: Path) -> str:
     if not (work / ".git").exists():
         work.parent.mkdir(parents=True, exist_ok=True)
         _run(["git", "clone", "-q", str(root), str(work)], root, log)
-    lock = (work / "dvc.lock").read_bytes() if (work / "dvc.lock").exists() else None
+    # the lock and the uncached metrics of the outputs already in the clone: a checkout of new code
+    # must not put the repository's own (demo) versions over them; DVC re-runs what the code touches
+    kept = {p: p.read_bytes() for p in [work / "dvc.lock", *(work / "metrics").rglob("*.json")] if p.is_file()}
     _run(["git", "fetch", "-q", str(root), head], work, log)
     _run(["git", "checkout", "-q", "-f", head], work, log)
-    if lock is not None:  # the lock of the outputs already in the clone: DVC re-runs only what the new code touches
-        (work / "dvc.lock").write_bytes(lock)
+    for path, content in kept.items():
+        path.write_bytes(content)
     return head
 
 

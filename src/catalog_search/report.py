@@ -2,7 +2,6 @@
 is beyond noise, cost, what each scenario was given; plus a recall@k figure and a top-5 gallery."""
 from __future__ import annotations
 
-import io
 import json
 import textwrap
 from pathlib import Path
@@ -188,8 +187,5 @@ def gallery(scenarios: list[str], emb_dir: Path, images: list[bytes], queries: l
                 draw.rectangle([x, y + pad, x + thumb - 1, y + pad + thumb - 1], outline=frame, width=3)
                 canvas.paste(picture, (x + (thumb - picture.width) // 2, y + pad + (thumb - picture.height) // 2))
         draw.line([(0, y), (canvas.width, y)], fill="#eeeeee")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    canvas.save(buffer, "PNG")
     with atomic_path(out) as tmp:
-        tmp.write_bytes(buffer.getvalue())
+        canvas.save(tmp, "PNG")

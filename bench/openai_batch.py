@@ -63,7 +63,7 @@ def main() -> None:
         "seconds": {"rules": t_rules, "dry_run": t_dry, "prepare": t_prepare, "dispatch": t_dispatch,
                     "monitor_collect": t_monitor, "retries_and_finalize": t_rest, "rerun_all_answered": t_rerun},
         "prepare_requests_per_s": round(estimate["requests"] / t_prepare, 1),
-        "request_kb_per_product": round(request_bytes / 1e3 / metrics["openai_batch"]["requests_sent"], 2),
+        "request_kb_per_product": round(request_bytes / 1e3 / metrics["openai_batch"]["requests_run"], 2),
         "dry_run_estimate": {k: estimate[k] for k in ("requests", "files", "estimated_input_tokens",
                                                       "estimated_output_tokens", "estimated_usd")},
         "openai_batch": {k: v for k, v in metrics["openai_batch"].items() if k != "rules_baseline"},

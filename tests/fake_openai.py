@@ -6,8 +6,14 @@ truth), so answers are right unless a test scripts a fault. Knobs a test turns:
     answer_faults[title]         per-attempt faults for one product: malformed, schema, error, refusal,
                                  wrong_color (None = answer right)
     batch_modes                  per created batch, in order: complete, expire (half done), fail
+    create_faults                per batches.create, in order: "500" or "drop" after the batch is created
+                                 (the answer is lost; the batch exists and will run)
+    max_open_batches             a batch created while this many are open fails as a whole
+                                 (token_limit_exceeded, the enqueued-token limit of a small tier)
+    late_file_ids                polls during which a finished batch shows null output/error file ids
     hold                         batches stay in_progress while True (a test cancels or kills meanwhile)
-It records every call, every batch created and how often each custom_id was sent and answered.
+It records every call, every batch created, how often each custom_id was sent (in a created batch),
+billed (its request ran: answered or failed on its own) and answered.
 """
 from __future__ import annotations
 
@@ -31,11 +37,15 @@ class FakeOpenAI:
         self.http_faults: dict[tuple[str, str], list[tuple[int, dict]]] = defaultdict(list)
         self.answer_faults: dict[str, list[str | None]] = {}
         self.batch_modes: list[str] = []
+        self.create_faults: list[str] = []
+        self.max_open_batches: int | None = None
+        self.late_file_ids = 0
         self.hold = False
         self.files: dict[str, dict] = {}
         self.batches: dict[str, dict] = {}
         self.calls: Counter = Counter()
         self.sent: Counter = Counter()  # custom_id -> times it was in a created batch
+        self.billed: Counter = Counter()  # custom_id -> times its request ran
         self.answered: Counter = Counter()  # custom_id -> valid answers delivered
         self.sent_after_answer: list[str] = []
         self.bad_auth = 0
@@ -69,7 +79,11 @@ class FakeOpenAI:
             if method == "GET" and (m := re.fullmatch(r"/v1/files/([\w-]+)/content", path)):
                 return 200, {"Content-Type": "application/octet-stream"}, self.files[m[1]]["content"]
             if method == "POST" and path == "/v1/batches":
-                return self._create(json.loads(body))
+                created = self._create(json.loads(body))
+                fault = self.create_faults.pop(0) if self.create_faults else None
+                if fault == "500":
+                    return 500, {}, b'{"error": {"message": "gateway error after the batch was created"}}'
+                return (None, {}, b"") if fault == "drop" else created
             if method == "GET" and path == "/v1/batches":
                 return self._list(query)
             if method == "GET" and (m := re.fullmatch(r"/v1/batches/([\w-]+)", path)):
@@ -101,11 +115,15 @@ class FakeOpenAI:
                 self.sent_after_answer.append(line["custom_id"])
             self.sent[line["custom_id"]] += 1
         mode = self.batch_modes.pop(0) if self.batch_modes else "complete"
+        open_now = sum(b["status"] in ("validating", "in_progress", "finalizing") for b in self.batches.values())
+        if self.max_open_batches is not None and open_now >= self.max_open_batches:
+            mode = "token_limit"
         self.batches[batch_id] = {
             "id": batch_id, "object": "batch", "endpoint": request["endpoint"], "input_file_id": request["input_file_id"],
             "completion_window": request["completion_window"], "status": "validating", "created_at": int(time.time()),
             "metadata": request.get("metadata"), "request_counts": {"total": len(lines), "completed": 0, "failed": 0},
-            "output_file_id": None, "error_file_id": None, "errors": None, "_lines": lines, "_mode": mode, "_polls": 0}
+            "output_file_id": None, "error_file_id": None, "errors": None, "_lines": lines, "_mode": mode, "_polls": 0,
+            "_late": self.late_file_ids}
         return _json(self.batches[batch_id])
 
     def _list(self, query: dict) -> tuple[int, dict, bytes]:
@@ -125,14 +143,20 @@ class FakeOpenAI:
         elif batch["status"] == "cancelling":
             self._finish(batch, "cancelled", answered=len(batch["_lines"]) // 2)
         elif batch["status"] == "in_progress" and not self.hold and batch["_polls"] > self.polls_to_finish:
-            if batch["_mode"] == "fail":
+            if batch["_mode"] in ("fail", "token_limit"):
                 batch["status"], batch["failed_at"] = "failed", int(time.time())
-                batch["errors"] = {"object": "list", "data": [
-                    {"code": "invalid_request", "message": "injected: the input file failed validation", "line": 1}]}
+                code, message = (("token_limit_exceeded", "Enqueued token limit reached for gpt-4o")
+                                 if batch["_mode"] == "token_limit" else
+                                 ("invalid_request", "injected: the input file failed validation"))
+                batch["errors"] = {"object": "list", "data": [{"code": code, "message": message, "line": None}]}
             elif batch["_mode"] == "expire":
                 self._finish(batch, "expired", answered=len(batch["_lines"]) // 2, rest_code="batch_expired")
             else:
                 self._finish(batch, "completed", answered=len(batch["_lines"]))
+        elif batch["status"] in ("completed", "expired", "cancelled", "failed") and batch["_late"] > 0:
+            batch["_late"] -= 1
+        if batch["_late"] > 0 and batch["status"] in ("completed", "expired", "cancelled"):
+            return _json({**_public(batch), "output_file_id": None, "error_file_id": None})
         return _json(_public(batch))
 
     def _finish(self, batch: dict, status: str, answered: int, rest_code: str | None = None) -> None:
@@ -147,6 +171,7 @@ class FakeOpenAI:
                 continue
             title = re.search(r"Marketplace title: (.*)", line["body"]["messages"][1]["content"][0]["text"])[1]
             self._attempts[custom_id] += 1
+            self.billed[custom_id] += 1
             faults = self.answer_faults.get(title, [])
             fault = faults[self._attempts[custom_id] - 1] if self._attempts[custom_id] <= len(faults) else None
             if fault == "error":
@@ -208,6 +233,9 @@ def _handler(fake: FakeOpenAI):
             url = urlparse(self.path)
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             status, headers, payload = fake.handle(self.command, url.path, parse_qs(url.query), self.headers, body)
+            if status is None:  # the connection drops before an answer
+                self.close_connection = True
+                return
             self.send_response(status)
             for name, value in {"Content-Type": "application/json", **headers}.items():
                 self.send_header(name, value)

@@ -1,7 +1,7 @@
 """clean.backend openai_batch against a local server that speaks the Files and Batches API
 (tests/fake_openai.py), with its failure modes. Every test ends on the same promise: the final
-catalog has every kept product, each request was sent once per recorded attempt and never again
-once answered, and the ledger has a final state for every item."""
+catalog has every kept product, the server billed each request once per attempt the ledger
+recorded and never again once answered, and the ledger has a final state for every item."""
 from __future__ import annotations
 
 import copy
@@ -63,7 +63,8 @@ def check_nothing_lost_nothing_twice(fake: FakeOpenAI, cfg: dict, out_dir: Path)
     assert not fake.sent_after_answer and set(fake.answered.values()) <= {1}
     items = ledger(cfg)
     assert len(items) >= len(final) and {s for s, _, _ in items.values()} <= {"done", "fallback"}
-    assert {k: a for k, (_, a, _) in items.items() if a} == dict(fake.sent)  # sends = recorded attempts
+    assert {k: a for k, (_, a, _) in items.items() if a} == dict(fake.billed)  # billed = recorded attempts
+    assert max(fake.billed.values(), default=0) <= cfg["openai_batch"]["max_attempts"]
     assert final.loc[final["cleaned_by"] == "rules", "clean_note"].notna().all()
     return final, items
 
@@ -78,7 +79,7 @@ def test_every_product_answered_once_and_titles_follow_the_picture(demo_raw, fak
     final, _ = check_nothing_lost_nothing_twice(fake, cfg, tmp_path / "clean")
     n = len(final)
     batch = metrics["openai_batch"]
-    assert batch["answered"] == batch["requests_sent"] == n and batch["fallen_back"] == 0
+    assert batch["answered"] == batch["requests_run"] == n and batch["fallen_back"] == 0
     assert batch["input_tokens"] == 120 * n  # the fake's usage, summed
     assert metrics["title_exact_match"] == 1.0 > batch["rules_baseline"]["title_exact_match"]
     assert metrics["attribute_agreement"]["color"] == round((n - 1) / n, 4)
@@ -100,6 +101,7 @@ def test_every_product_answered_once_and_titles_follow_the_picture(demo_raw, fak
 
 
 def test_http_errors_are_retried_and_an_outage_resumes(demo_raw, fake, cfg, tmp_path, capsys):
+    cfg["openai_batch"]["max_enqueued_tokens"] = 10**9  # every file in flight at once
     fake.http_faults[("POST", "/v1/files")] = [(500, {}), (500, {})]
     fake.http_faults[("POST", "/v1/batches")] = [(429, {"retry-after": "0.01"})]
     fake.http_faults[("GET", "/v1/batches/{id}")] = [(503, {})]
@@ -137,11 +139,12 @@ def test_bad_answers_are_retried_then_fall_back_to_rules(demo_raw, fake, cfg, tm
     assert (by_title.loc[[titles[1], titles[3], titles[4]], "cleaned_by"] == "openai_batch").all()
     batch = metrics["openai_batch"]
     assert batch["invalid_answers"] == 1 + 3 + 1 and batch["failed_requests"] == 1
-    assert batch["requests_sent"] == len(final) + 1 + 2 + 1 + 1 and batch["fallback_reasons"] == {"schema": 1}
+    assert batch["requests_run"] == len(final) + 1 + 2 + 1 + 1 and batch["fallback_reasons"] == {"schema": 1}
     assert sorted(a for _, a, _ in items.values() if a > 1) == [2, 2, 2, 3]
 
 
 def test_cancelled_and_expired_batches_retry_only_the_unanswered(demo_raw, fake, cfg, tmp_path):
+    cfg["openai_batch"]["max_enqueued_tokens"] = 10**9
     job = cleaning(demo_raw, cfg, tmp_path)
     job.run_rules()
     job.prepare()
@@ -160,15 +163,18 @@ def test_cancelled_and_expired_batches_retry_only_the_unanswered(demo_raw, fake,
     final, items = check_nothing_lost_nothing_twice(fake, cfg, tmp_path / "clean")
     assert (final["cleaned_by"] == "openai_batch").all()
     assert sorted({s for _, _, s, _ in job.store.batch_rows()}) == ["cancelled", "completed", "expired"]
-    assert metrics["openai_batch"]["failed_requests"] == 60 + 25  # unanswered by the cancel, then by the expiry
+    batch = metrics["openai_batch"]  # unanswered by the cancel, then by the expiry: never ran, never billed
+    assert batch["failed_requests"] == 0 and batch["requests_not_run"] == 60 + 25
+    assert batch["requests_run"] == len(final) and set(fake.billed.values()) == {1}
 
 
-def test_failed_batch_is_retried(demo_raw, fake, cfg, tmp_path):
+def test_failed_batch_is_retried_without_spending_attempts(demo_raw, fake, cfg, tmp_path):
     fake.batch_modes = ["fail"]
     metrics = cleaning(demo_raw, cfg, tmp_path).run()
     final, items = check_nothing_lost_nothing_twice(fake, cfg, tmp_path / "clean")
-    assert metrics["openai_batch"]["answered"] == len(final)
-    assert sum(a == 2 for _, a, _ in items.values()) == PER_FILE
+    batch = metrics["openai_batch"]
+    assert batch["answered"] == batch["requests_run"] == len(final) and batch["requests_not_run"] == PER_FILE
+    assert {a for _, a, _ in items.values()} == {1} and sum(fake.sent.values()) == len(final) + PER_FILE
 
 
 def test_kill_after_a_batch_is_created_adopts_it(demo_raw, fake, cfg, tmp_path, monkeypatch):
@@ -195,7 +201,8 @@ def test_dry_run_a_missing_key_and_a_busy_ledger(demo_raw, fake, cfg, tmp_path, 
     holder.close()
     assert run_step("prepare", demo_raw[0], tmp_path / "clean", cfg, dry_run=True) == 0
     out = capsys.readouterr().out
-    assert "dry run, nothing sent: 120 requests (0 retries) in 3 file(s)" in out and "$" in out
+    assert "dry run, nothing sent: 120 requests (0 retries, 0 answered before under other settings) in 3 file(s)" \
+        in out and "$" in out
     assert not fake.calls and not ledger(cfg) and not (Path(cfg["openai_batch"]["state_dir"]) / "requests").exists()
     assert run_step("all", demo_raw[0], tmp_path / "clean", cfg) == 2
     err = capsys.readouterr().err
@@ -204,12 +211,13 @@ def test_dry_run_a_missing_key_and_a_busy_ledger(demo_raw, fake, cfg, tmp_path, 
 
 def test_request_files_respect_count_and_size_limits(tmp_path):
     recorded = []
-    files = RequestFiles(tmp_path, 1, max_requests=3, max_bytes=25, on_file=lambda p, i, b: recorded.append((p, i, b)))
+    files = RequestFiles(tmp_path, 1, max_requests=3, max_bytes=25, on_file=lambda *args: recorded.append(args))
     for n in range(7):
-        files.add(f"k{n}", f"p{n}", b"x" * 9 + b"\n")  # 10 bytes: two fit in 25
+        files.add(f"k{n}", f"p{n}", b"x" * 9 + b"\n", tokens=100 + n)  # 10 bytes: two fit in 25
     files.flush()
-    assert [len(items) for _, items, _ in recorded] == [2, 2, 2, 1]
-    assert all(p.stat().st_size == b <= 25 for p, _, b in recorded) and not list(tmp_path.glob("*.partial"))
+    assert [len(items) for _, items, _, _ in recorded] == [2, 2, 2, 1]
+    assert [tokens for *_, tokens in recorded] == [201, 205, 209, 106]  # per file: what the enqueued budget counts
+    assert all(p.stat().st_size == b <= 25 for p, _, b, _ in recorded) and not list(tmp_path.glob("*.partial"))
     assert not files.fits(b"y" * 26)
     builder = RequestBuilder("m", "prompt", {"type": "json_schema"}, 64, "low", 100)
     key = builder.key("p1", "Red Dress", b"img")
@@ -284,3 +292,109 @@ def test_schema_is_strict_and_answers_are_checked_against_it():
     assert parse_answer(model, json.dumps({**fields, "color": "Blue"}))[1].startswith("schema: color")
     assert parse_answer(model, json.dumps({**fields, "color": "Red", "clean_title": "  "}))[1].startswith("schema:")
     assert parse_answer(model, '{"clean_title": "Red')[1].startswith("malformed JSON")
+
+
+@pytest.mark.parametrize("fault", ["500", "drop"])
+def test_a_lost_create_answer_adopts_the_batch_instead_of_paying_twice(demo_raw, fake, cfg, tmp_path, fault, capsys):
+    """The API creates the batch, then its answer is lost (a gateway 500, a dropped connection):
+    the openai client would retry the POST and create (and bill) a second batch from the same file."""
+    fake.create_faults = [fault, fault]
+    metrics = cleaning(demo_raw, cfg, tmp_path).run()
+    final, _ = check_nothing_lost_nothing_twice(fake, cfg, tmp_path / "clean")
+    assert len(fake.batches) == 3 and fake.calls[("POST", "/v1/batches")] == 3  # one per request file, never twice
+    assert sorted(b["input_file_id"] for b in fake.batches.values()) == sorted(
+        f for f, v in fake.files.items() if v["purpose"] == "batch")
+    assert set(fake.billed.values()) == {1} and metrics["openai_batch"]["orphan_batches"] == 0
+    assert capsys.readouterr().out.count("was created after all") == 2
+
+
+def test_a_finished_batch_without_its_file_ids_stays_open(demo_raw, fake, cfg, tmp_path, capsys):
+    """`completed` with completed=50 and output_file_id null: settling it would re-send all 50."""
+    title = demo_raw[1]["title_raw"].iloc[3]
+    fake.answer_faults[title] = ["error"]  # failed > 0: its reason is in the error file, also late
+    fake.late_file_ids = 3
+    metrics = cleaning(demo_raw, cfg, tmp_path).run()
+    final, items = check_nothing_lost_nothing_twice(fake, cfg, tmp_path / "clean")
+    assert "file id is not there yet" in capsys.readouterr().out
+    assert sorted(fake.billed.values()).count(2) == 1 and (final["cleaned_by"] == "openai_batch").all()
+    assert metrics["openai_batch"]["failed_requests"] == 1 and metrics["openai_batch"]["requests_not_run"] == 0
+    fresh = copy.deepcopy(cfg)  # waiting is bounded: the stage stops with nothing settled, a re-run collects it
+    fresh["openai_batch"].update(state_dir=str(tmp_path / "state2"), file_id_wait_minutes=0.001)
+    fake.late_file_ids = 10**6
+    job = BatchCleaning(demo_raw[0], tmp_path / "clean2", fresh)
+    job.run_rules()
+    job.prepare()
+    job.dispatch()
+    with pytest.raises(Exception, match="without its output file id. Nothing was settled"):
+        job.monitor(wait=True)
+    assert {s for s, _, _ in ledger(fresh).values()} == {"sent", "prepared"} and not job.store.status_counts().get("failed")
+
+
+def test_batches_that_fail_as_a_whole_spend_no_attempts_and_come_back(demo_raw, fake, cfg, tmp_path, capsys):
+    """An account that admits 2 open batches, 5 request files sent at once: 3 batches fail
+    token_limit_exceeded. Nothing ran, so nothing is billed or counted; with max_attempts=1 their
+    products keep the rules row for now, and raising max_attempts sends them again."""
+    cfg["openai_batch"].update(max_requests_per_file=25, max_enqueued_tokens=10**9, max_attempts=1)
+    fake.max_open_batches = 2
+    batch = cleaning(demo_raw, cfg, tmp_path).run()["openai_batch"]
+    check_nothing_lost_nothing_twice(fake, cfg, tmp_path / "clean")
+    assert batch["requests_run"] == batch["answered"] == 50 and batch["requests_not_run"] == 25 + 25 + 20
+    assert batch["failed_requests"] == 0 and batch["fallback_reasons"] == {"batch failed": 70}  # one bucket, 3 batches
+    assert "lower clean.openai_batch.max_enqueued_tokens" in capsys.readouterr().out
+    cfg["openai_batch"]["max_attempts"] = 3
+    batch = cleaning(demo_raw, cfg, tmp_path).run()["openai_batch"]  # round 1: 2 ok + 1 refused; back off; round 2
+    final, items = check_nothing_lost_nothing_twice(fake, cfg, tmp_path / "clean")
+    assert (final["cleaned_by"] == "openai_batch").all() and set(fake.billed.values()) == {1}
+    assert batch["requests_run"] == len(final) and batch["requests_not_run"] == 70 + 20
+    assert "next round in" in capsys.readouterr().out
+
+
+def test_one_request_file_in_flight_by_default(demo_raw, fake, cfg, tmp_path):
+    cfg["openai_batch"]["max_requests_per_file"] = 25
+    fake.max_open_batches = 1  # the smallest account: any second open batch would fail
+    batch = cleaning(demo_raw, cfg, tmp_path).run()["openai_batch"]
+    check_nothing_lost_nothing_twice(fake, cfg, tmp_path / "clean")
+    assert len(fake.batches) == 5 and {b["status"] for b in fake.batches.values()} == {"completed"}
+    assert batch["requests_not_run"] == 0 and batch["answered"] == 120
+
+
+def test_orphan_batches_are_reported_and_cancellable(demo_raw, fake, cfg, tmp_path, capsys):
+    from openai import OpenAI
+
+    job = cleaning(demo_raw, cfg, tmp_path)
+    job.run_rules()
+    job.prepare()
+    fake.hold = True
+    job.dispatch()
+    file_id = next(f for f, v in fake.files.items() if v["purpose"] == "batch")
+    orphan = OpenAI(base_url=fake.base_url).batches.create(  # another client, or an older version's retry
+        input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h")
+    job.monitor(wait=False)
+    assert f"batch {orphan.id} (validating) was created from requests-00001.jsonl" in capsys.readouterr().out
+    assert orphan.id in job.cancel() and fake.batches[orphan.id]["status"] == "cancelling"
+    fake.hold = False
+    metrics = job.run()
+    assert metrics["openai_batch"]["orphan_batches"] == 1 and metrics["openai_batch"]["answered"] == 120
+
+
+def test_one_rules_pass_and_a_warning_before_a_settings_change_rebills(demo_raw, fake, cfg, tmp_path, capsys,
+                                                                       monkeypatch):
+    from catalog_search.cleaning.openai_batch import workflow
+
+    passes = []
+    monkeypatch.setattr(workflow, "clean_catalog", lambda *a: passes.append(1) or clean_catalog(*a))
+    from catalog_search.cleaning.rules import clean_catalog
+
+    assert run_step("all", demo_raw[0], tmp_path / "clean", cfg, tmp_path / "clean.json") == 0
+    assert len(passes) == 1
+    capsys.readouterr()
+    cfg["image"]["format"] = "jpg"  # a rules-stage setting: every image's bytes change
+    calls = dict(fake.calls)
+    assert run_step("prepare", demo_raw[0], tmp_path / "clean", cfg, dry_run=True) == 0
+    out = capsys.readouterr().out
+    assert "120 answered before under other settings" in out and dict(fake.calls) == calls
+    assert "WARNING: 120 products already answered under other settings will be sent again" in out
+    assert "image bytes changed (clean.image.* or the photo) for 120" in out and "request settings" not in out
+    cfg["image"]["format"] = "png"  # back: the answers are reused, nothing is sent
+    assert run_step("all", demo_raw[0], tmp_path / "clean", cfg, tmp_path / "clean.json") == 0
+    assert "WARNING" not in capsys.readouterr().out and dict(fake.calls) == calls

@@ -66,7 +66,12 @@ def _check_openai_batch(cfg: dict) -> None:
                        ("max_requests_per_file", 1), ("max_retries", 0)):
         if not isinstance(cfg[key], int) or cfg[key] < least:
             raise ParamsError(f"params.yaml: clean.openai_batch.{key}={cfg[key]!r} must be an integer >= {least}")
-    for key in ("max_file_mb", "poll_seconds", "max_poll_seconds", "max_wait_hours", "timeout_seconds"):
+    budget = cfg["max_enqueued_tokens"]
+    if budget is not None and (not isinstance(budget, int) or budget < 1):
+        raise ParamsError(f"params.yaml: clean.openai_batch.max_enqueued_tokens={budget!r} must be null (one request "
+                          "file in flight) or an integer >= 1 (your tier's batch queue limit, in tokens)")
+    for key in ("max_file_mb", "poll_seconds", "max_poll_seconds", "max_wait_hours", "timeout_seconds",
+                "file_id_wait_minutes"):
         if not isinstance(cfg[key], (int, float)) or cfg[key] <= 0:
             raise ParamsError(f"params.yaml: clean.openai_batch.{key}={cfg[key]!r} must be a positive number")
     vocabulary = cfg["vocabulary"] or {}

@@ -42,6 +42,12 @@ class RequestBuilder:
                     self.max_output_tokens]
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
+    def parts(self, title_raw: str, image: bytes) -> dict[str, str]:
+        """What decides an answer besides the product id, as hashes: the ledger keeps them so that a
+        re-sent product can be explained (title, image bytes or request settings changed)."""
+        return {"title": hashlib.sha256(title_raw.encode()).hexdigest()[:16],
+                "image": hashlib.sha256(image).hexdigest(), "settings": self.config_hash}
+
     def key(self, product_id: str, title_raw: str, image: bytes) -> str:
         parts = [product_id, title_raw, hashlib.sha256(image).hexdigest(), self.config_hash]
         return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
@@ -82,22 +88,23 @@ class RequestBuilder:
 
 class RequestFiles:
     """Streams request lines into files of at most `max_requests` lines and `max_bytes` bytes (the
-    Batch API's limits per input file). `on_file(path, [(key, product_id)], bytes)` records each
-    file once it is complete on disk; with `dry_run` nothing is written and only the counts move."""
+    Batch API's limits per input file). `on_file(path, [(key, product_id, parts)], bytes, tokens)`
+    records each file once it is complete on disk, with its estimated input tokens (what the
+    account's enqueued-token limit counts); with `dry_run` nothing is written, only counts move."""
 
     def __init__(self, folder: Path, first_number: int, max_requests: int, max_bytes: int,
-                 on_file: Callable[[Path, list[tuple[str, str]], int], None], dry_run: bool = False):
+                 on_file: Callable[[Path, list[tuple[str, str, str]], int, int], None], dry_run: bool = False):
         self.folder, self.number, self.max_requests, self.max_bytes = folder, first_number, max_requests, max_bytes
         self.on_file, self.dry_run = on_file, dry_run
         self.files = 0
         self._out: BinaryIO | None = None
-        self._items: list[tuple[str, str]] = []
-        self._bytes = 0
+        self._items: list[tuple[str, str, str]] = []
+        self._bytes = self._tokens = 0
 
     def fits(self, line: bytes) -> bool:
         return len(line) <= self.max_bytes
 
-    def add(self, key: str, product_id: str, line: bytes) -> None:
+    def add(self, key: str, product_id: str, line: bytes, parts: str = "{}", tokens: int = 0) -> None:
         if self._items and (len(self._items) >= self.max_requests or self._bytes + len(line) > self.max_bytes):
             self.flush()
         if self._out is None and not self.dry_run:
@@ -105,8 +112,9 @@ class RequestFiles:
             self._out = open(self._path().with_suffix(".partial"), "wb")
         if self._out is not None:
             self._out.write(line)
-        self._items.append((key, product_id))
+        self._items.append((key, product_id, parts))
         self._bytes += len(line)
+        self._tokens += tokens
 
     def _path(self) -> Path:
         return self.folder / f"requests-{self.number + self.files:05d}.jsonl"
@@ -121,6 +129,6 @@ class RequestFiles:
             self._out.close()
             self._out = None
             os.replace(self._path().with_suffix(".partial"), self._path())
-            self.on_file(self._path(), self._items, self._bytes)
+            self.on_file(self._path(), self._items, self._bytes, self._tokens)
         self.files += 1
-        self._items, self._bytes = [], 0
+        self._items, self._bytes, self._tokens = [], 0, 0

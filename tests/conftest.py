@@ -71,14 +71,15 @@ def assert_frozen_unchanged(before: dict, after: dict, atol_mha: float = 1e-5) -
 
 
 @contextmanager
-def serving(app):
-    """Serve an ASGI app with uvicorn on a free 127.0.0.1 port in a thread; yields its base URL."""
-    import uvicorn
+def serving(app, header_timeout: float = 10):
+    """Serve an ASGI app on a free 127.0.0.1 port in a thread, with the server `catalog-search serve`
+    runs (uvicorn + a header deadline); yields its base URL."""
+    from catalog_search.serving.http import server as make_server
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", limit_concurrency=200))
+    server = make_server(app, "127.0.0.1", port, header_timeout, limit_concurrency=200)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 20

@@ -72,7 +72,7 @@ def test_repro_builds_every_stage_output(repo):
     root, log = repo
     assert stages_run(log) == ({"ingest", "clean", "shard", "pretrain", "report", "train_text", "evaluate_text",
                                 "train_attributes", "evaluate_attributes", "predict_attributes",
-                                "train_vlm", "evaluate_vlm", "extract_vlm"}
+                                "train_vlm", "evaluate_vlm", "extract_vlm", "serve_index@dual_lora", "serve_text_index"}
                                | {f"{s}@{n}" for s in ("train", "embed", "evaluate") for n in SCENARIOS})
     assert json.loads((root / "metrics/clean.json").read_text())["rows_in"] == 160
     manifest = json.loads((root / "data/shards/manifest.json").read_text())
@@ -203,20 +203,27 @@ def test_exp_run_reruns_only_the_changed_scenario(repo):
     assert "metrics/eval/linear_probe.json" in json.loads(diff.stdout)
 
 
-def test_search_command_uses_the_scenario_index(repo):
+def test_search_command_uses_the_whole_catalog_serving_index(repo):
     root, _ = repo
-    out = run(["catalog-search", "search", "red dress", "--scenario", "dual_lora", "-k", "5", "--json"], root)
+    clean = pd.read_parquet(root / "data/clean/catalog.parquet")
+    served = pd.read_parquet(root / "data/serving/dual_lora/items.parquet")
+    assert sorted(served["product_id"]) == sorted(clean["product_id"])  # every split, not just test
+    info = json.loads((root / "data/serving/dual_lora/info.json").read_text())
+    assert info["embedded"] == info["products"] == len(clean) and info["reused"] == 0
+    out = run(["catalog-search", "search", "red dress", "--scenario", "dual_lora", "-k", "40", "--json"], root)
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     test_ids = set(pd.read_parquet(root / "data/embeddings/dual_lora/items.parquet")["product_id"])
-    assert len(rows) == 5 and {r["product_id"] for r in rows} <= test_ids
+    assert len(rows) == 40 and {r["product_id"] for r in rows} - test_ids  # train/val products are found too
     assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
-    missing = run(["catalog-search", "search", "red dress", "--scenario", "vision_lora"], root, check=False)
-    assert missing.returncode != 0 and "dvc repro embed@vision_lora" in missing.stderr
+    missing = run(["catalog-search", "search", "red dress", "--scenario", "linear_probe"], root, check=False)
+    assert missing.returncode != 0 and "add linear_probe to serve.scenarios" in missing.stderr
+    text = run(["catalog-search", "search", "red dress", "--text-embedder", "-k", "3", "--json"], root)
+    assert len(text.stdout.splitlines()) == 3 and json.loads(text.stdout.splitlines()[0])["description"]
 
 
 def test_search_filters_image_queries_and_model_mismatch(repo):
     root, _ = repo
-    items = pd.read_parquet(root / "data/embeddings/dual_lora/items.parquet")
+    items = pd.read_parquet(root / "data/serving/dual_lora/items.parquet")
     color = items["color"].value_counts().index[0]
     out = run(["catalog-search", "search", "shoes", "--scenario", "dual_lora", "-k", "50", "--json",
                "--where", f"color={color.upper()}"], root)
@@ -226,12 +233,12 @@ def test_search_filters_image_queries_and_model_mismatch(repo):
     image = root / "data/clean" / pd.read_parquet(root / "data/clean/catalog.parquet")["image_path"].iloc[0]
     out = run(["catalog-search", "search", "--image", str(image), "--scenario", "dual_lora", "-k", "3", "--json"], root)
     assert len(out.stdout.splitlines()) == 3
-    info = root / "data/embeddings/dual_lora/info.json"
+    info = root / "data/serving/dual_lora/info.json"
     original = info.read_text()
     try:
         info.write_text(original.replace('"model_fingerprint": "', '"model_fingerprint": "0'))
         stale = run(["catalog-search", "search", "shoes", "--scenario", "dual_lora"], root, check=False)
-        assert stale.returncode != 0 and "re-run `dvc repro embed@dual_lora`" in stale.stderr
+        assert stale.returncode != 0 and "serve_index@dual_lora" in stale.stderr
     finally:
         info.write_text(original)
 
@@ -239,18 +246,24 @@ def test_search_filters_image_queries_and_model_mismatch(repo):
 def test_arena_typed_query_uses_both_trained_models(repo, tmp_path):
     import httpx
 
-    from catalog_search.arena.app import create_app
+    from catalog_search.serving.app import create_app
+    from catalog_search.serving.config import serve_params
     from conftest import serving
 
     root, _ = repo
-    with serving(create_app("zero_shot", "dual_lora", tmp_path / "votes.sqlite", root=root, k=5)) as url:
-        r = httpx.get(url + "/api/round", params={"kind": "text", "q": "red dress"}, timeout=120)
+    cfg = serve_params(yaml.safe_load((root / "params.yaml").read_text()))
+    cfg.arena.k = 5
+    app = create_app(root, cfg, arena=("zero_shot", "dual_lora"), votes=tmp_path / "votes.sqlite")
+    with serving(app) as url, httpx.Client(base_url=url, timeout=120) as client:
+        r = client.get("/arena/api/round", params={"kind": "text", "q": "red dress"})
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["query"] == {"kind": "text", "text": "red dress"}
         assert len(body["rows"]["A"]) == len(body["rows"]["B"]) == 5
-        vote = httpx.post(url + "/api/vote", json={"round_id": body["round_id"], "choice": "B"})
+        vote = client.post("/arena/api/vote", json={"round_id": body["round_id"], "choice": "B"})
         assert vote.status_code == 200 and vote.json()["votes"] == 1
+        hits = client.get("/api/search", params={"q": "red dress", "k": 3}).json()["results"]  # the same server searches
+        assert len(hits) == 3 and client.get(hits[0]["image_url"]).status_code == 200
     report = run(["catalog-search", "arena-report", "--db", str(tmp_path / "votes.sqlite"),
                   "--out", str(tmp_path / "arena.json")], root)
     assert "1 votes" in report.stdout

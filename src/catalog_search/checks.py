@@ -15,6 +15,7 @@ from catalog_search.index import INDEX_KINDS
 from catalog_search.models import open_clip_architectures, project_configs
 from catalog_search.models.scenarios import LOSSES, PRECISIONS, SCENARIOS, scenario_config
 from catalog_search.params import ParamsError, check_choice
+from catalog_search.serving.config import serve_params
 from catalog_search.sources import READERS
 from catalog_search.training.pretrain import check_templates
 
@@ -47,6 +48,7 @@ def validate(params: dict) -> None:
     for name in train["scenarios"]:
         _check_train(name, scenario_config(train, name))
     check_templates(params["pretrain"]["templates"], params["clean"]["captions"]["templates"])
+    serve_params(params)
     check_choice("embed.index.kind", params["embed"]["index"]["kind"], INDEX_KINDS)
     _check_attributes(params["attributes"])
     _check_vlm(params["vlm"])

@@ -3,7 +3,9 @@
     catalog-search search "black maxi dress" --scenario dual_lora -k 10 [--json]
     catalog-search search --image photo.jpg --where color=black --where category=dresses
     catalog-search search "black maxi dress" --text-embedder [-k 10] [--json]
-    catalog-search arena --a zero_shot --b dual_lora [--port 8000]
+    catalog-search serve [--arena zero_shot dual_lora] [--encoder onnx] [--port 8000]   # API + search page
+    catalog-search arena --a zero_shot --b dual_lora [--port 8000]   # the same server, arena at /arena/
+    catalog-search export-onnx dual_lora            # models/dual_lora/onnx: image + text towers, tokenizer
     catalog-search arena-report                     # votes -> metrics/arena.json
     catalog-search attributes photo.jpg [more.jpg ...]   # structured attributes (JSON) from the classifier
     catalog-search clean prepare [--dry-run] | dispatch | monitor [--wait] | finalize | cancel
@@ -23,24 +25,22 @@ import numpy as np
 
 
 def search_text_embedder(query: str, k: int) -> list[dict]:
-    """Query -> product description search over the clean catalog with the tuned text embedder."""
-    import faiss
-
-    from catalog_search import catalog
+    """Query -> product description search with the tuned text embedder, over the description
+    index serve_text_index saved (only the query is encoded here)."""
+    from catalog_search.index import ProductIndex
     from catalog_search.params import load_params
+    from catalog_search.serving.catalog_index import folder_fingerprint
     from catalog_search.text_embedder import load_model
 
     p = load_params()["text_embedder"]
-    products = catalog.load("data/clean/catalog.parquet")
-    products = products[products["description"].fillna("").str.len() > 0].reset_index(drop=True)
+    index = ProductIndex(Path("data/serving/text_embedder"), build_hint="run `dvc repro serve_text_index`")
+    if index.info["model_fingerprint"] != f"{p['base']}+{folder_fingerprint(Path('models/text_embedder'))}":
+        raise SystemExit("catalog-search: data/serving/text_embedder was built with another text embedder; "
+                         "run `dvc repro serve_text_index`")
     model = load_model(p["base"], "models/text_embedder", max_length=p["max_length"])
-    docs = model.encode(products["description"].tolist(), batch_size=128, convert_to_numpy=True)
-    index = faiss.IndexFlatIP(docs.shape[1])
-    index.add(np.asarray(docs, np.float32))
-    scores, ids = index.search(np.asarray(model.encode([query], convert_to_numpy=True), np.float32), min(k, len(products)))
-    return [{"rank": r + 1, "product_id": products.at[i, "product_id"], "title": products.at[i, "title"],
-             "description": products.at[i, "description"], "score": round(float(s), 4)}
-            for r, (i, s) in enumerate(zip(ids[0], scores[0]))]
+    hits = index.query(np.asarray(model.encode([query], convert_to_numpy=True), np.float32), k)[0]
+    descriptions = index.items.set_index("product_id")["description"]
+    return [{**h, "description": descriptions[h["product_id"]]} for h in hits]
 
 
 def image_attributes(paths: list[Path], model_dir: Path) -> list[dict]:
@@ -102,13 +102,20 @@ def main(argv: list[str] | None = None) -> None:
                    help="which model's filled-in attributes --where also matches (predict_attributes or extract_vlm)")
     s.add_argument("-k", type=int, default=10)
     s.add_argument("--json", action="store_true", help="print JSON lines for scripts")
-    a = sub.add_parser("arena", help="blind A/B comparison of two scenarios in the browser")
+    v = sub.add_parser("serve", help="HTTP API + search page over the serving index (and the arena with --arena)")
+    v.add_argument("--arena", nargs=2, metavar=("A", "B"), help="also serve the blind A/B arena of two scenarios")
+    v.add_argument("--encoder", choices=["torch", "onnx"], help="query encoder (default: serve.encoder)")
+    v.add_argument("--host", help="default: serve.host (127.0.0.1)")
+    v.add_argument("--port", type=int, help="default: serve.port")
+    v.add_argument("--db", type=Path, default=Path("arena/votes.sqlite"), help="the arena's votes")
+    a = sub.add_parser("arena", help="blind A/B comparison of two scenarios in the browser (serve --arena A B)")
     a.add_argument("--a", required=True, help="scenario A")
     a.add_argument("--b", required=True, help="scenario B")
-    a.add_argument("--host", default="127.0.0.1")
-    a.add_argument("--port", type=int, default=8000)
+    a.add_argument("--host")
+    a.add_argument("--port", type=int)
     a.add_argument("--db", type=Path, default=Path("arena/votes.sqlite"))
-    a.add_argument("-k", type=int, default=8, help="results per row")
+    x = sub.add_parser("export-onnx", help="ONNX image and text towers of a trained scenario -> models/<s>/onnx")
+    x.add_argument("scenario")
     r = sub.add_parser("arena-report", help="win rates with 95%% Wilson intervals -> metrics/arena.json")
     r.add_argument("--db", type=Path, default=Path("arena/votes.sqlite"))
     r.add_argument("--out", type=Path, default=Path("metrics/arena.json"))
@@ -136,10 +143,19 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "attributes":
         for row in image_attributes(args.images, args.model):
             print(json.dumps(row))
-    elif args.command == "arena":
-        from catalog_search.arena.app import serve
+    elif args.command in ("serve", "arena"):
+        serve_command(args)
+    elif args.command == "export-onnx":
+        from catalog_search.serving.onnx_export import export_onnx
 
-        serve(args.a, args.b, args.db, args.host, args.port, args.k)
+        merged, out = Path("models") / args.scenario / "merged", Path("models") / args.scenario / "onnx"
+        if not merged.exists():
+            raise SystemExit(f"catalog-search: no {merged}: run `dvc repro train@{args.scenario}` first")
+        try:
+            info = export_onnx(merged, out)
+        except ValueError as e:
+            raise SystemExit(f"catalog-search: {e}")
+        print(f"{out}: image.onnx, text.onnx, tokenizer (model {info['model_fingerprint']})")
     elif args.command == "arena-report":
         from catalog_search.arena.store import VoteStore
         from catalog_search.io import write_json
@@ -151,6 +167,28 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{args.out}: {stats['votes']} votes")
     else:
         search(parser, args)
+
+
+def serve_command(args: argparse.Namespace) -> None:
+    """`serve` and `arena`: params.yaml's serve section, with the command line's overrides."""
+    from catalog_search.checks import validate
+    from catalog_search.params import ParamsError, load_params
+    from catalog_search.serving.app import serve
+    from catalog_search.serving.config import serve_params
+
+    params = load_params()
+    try:
+        validate(params)
+        cfg = serve_params(params)
+    except ParamsError as e:
+        raise SystemExit(f"catalog-search: {e}")
+    overrides = {k: getattr(args, k) for k in ("host", "port", "encoder") if getattr(args, k, None) is not None}
+    cfg = cfg.model_copy(update=overrides)
+    arena = tuple(args.arena) if getattr(args, "arena", None) else (args.a, args.b) if args.command == "arena" else None
+    try:
+        serve(Path("."), cfg, arena, args.db)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"catalog-search: {e}")
 
 
 def search(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

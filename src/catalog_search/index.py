@@ -19,6 +19,7 @@ import faiss
 import numpy as np
 import pandas as pd
 
+from catalog_search.catalog import ATTRIBUTES
 from catalog_search.evaluation import normalise
 from catalog_search.io import atomic_path, write_json
 
@@ -93,21 +94,31 @@ def search(index: faiss.Index, queries: np.ndarray, k: int, allowed: np.ndarray 
     return scores, ids
 
 
-def save_embeddings(out_dir: Path, images: np.ndarray, texts: np.ndarray, items: pd.DataFrame,
-                    text_rows: pd.DataFrame, info: dict, index_params: dict[str, Any] | None = None) -> None:
+def save_index(out_dir: Path, images: np.ndarray, items: pd.DataFrame, info: dict,
+               index_params: dict[str, Any] | None = None) -> None:
+    """images.npy (normalised), items.parquet (row i = FAISS id i), image.faiss and info.json: what
+    ProductIndex opens, for the evaluation split (embed) and for the whole catalog (serve_index)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    images, texts = normalise(images), normalise(texts)
-    for name, arr in (("images.npy", images), ("texts.npy", texts)):
-        _save_npy(out_dir / name, arr)
-    for name, df in (("items.parquet", items), ("texts.parquet", text_rows)):
-        with atomic_path(out_dir / name) as tmp:
-            df.to_parquet(tmp, index=False)
+    images = normalise(images)
+    _save_npy(out_dir / "images.npy", images)
+    with atomic_path(out_dir / "items.parquet") as tmp:
+        items.to_parquet(tmp, index=False)
     index_params = index_params or {"kind": "flat"}
     index = build_index(images, **index_params)
     with atomic_path(out_dir / "image.faiss") as tmp:
         faiss.write_index(index, str(tmp))
     write_json(out_dir / "info.json", {**info, "dim": int(images.shape[1]), "n_images": len(images),
-                                       "n_texts": len(texts), "index": index_params})
+                                       "index": index_params})
+
+
+def save_embeddings(out_dir: Path, images: np.ndarray, texts: np.ndarray, items: pd.DataFrame,
+                    text_rows: pd.DataFrame, info: dict, index_params: dict[str, Any] | None = None) -> None:
+    """An evaluation split's index (save_index) plus its caption embeddings (texts.npy/.parquet)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _save_npy(out_dir / "texts.npy", normalise(texts))
+    with atomic_path(out_dir / "texts.parquet") as tmp:
+        text_rows.to_parquet(tmp, index=False)
+    save_index(out_dir, images, items, {**info, "n_texts": len(texts)}, index_params)
 
 
 def product_title(sample: dict) -> str:
@@ -141,13 +152,39 @@ def load_embeddings(folder: Path) -> tuple[np.ndarray, np.ndarray, pd.DataFrame,
             pd.read_parquet(folder / "texts.parquet"), json.loads((folder / "info.json").read_text()))
 
 
+def fill_attributes(items: pd.DataFrame, predictions: Path) -> tuple[pd.DataFrame, int]:
+    """Fill a product table's missing attributes with the values predict_attributes (or extract_vlm)
+    filled (`source: predicted`, confident ones only), so a filter also finds the products whose
+    feed left that attribute out. A value the catalog gave is never replaced. Column `filled` lists
+    the attributes filled per product. Returns the table and how many values were filled."""
+    filled: dict[str, dict[str, str]] = {}
+    with open(predictions, encoding="utf-8") as f:
+        for line in f:
+            record = json.loads(line)
+            for column, v in record["attributes"].items():
+                if v["source"] == "predicted":
+                    filled.setdefault(column, {})[record["product_id"]] = v["value"]
+    items, count = items.copy(), 0
+    names: dict[str, list[str]] = dict(zip(items["product_id"], items["filled"])) if "filled" in items else {}
+    for column, values in filled.items():
+        if column not in items.columns:
+            continue
+        new = items[column].isna() & items["product_id"].map(values).notna()
+        items[column] = items[column].fillna(items["product_id"].map(values))
+        for pid in items.loc[new, "product_id"]:
+            names[pid] = [*names.get(pid, []), column]
+        count += int(new.sum())
+    items["filled"] = items["product_id"].map(lambda pid: list(names.get(pid, [])))
+    return items, count
+
+
 class ProductIndex:
     """One scenario's image index with its product table: what search and the arena query."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, build_hint: str | None = None):
         folder = Path(folder)
         if not (folder / "image.faiss").exists():
-            raise FileNotFoundError(f"no index in {folder}: run `dvc repro embed@{folder.name}` first")
+            raise FileNotFoundError(f"no index in {folder}: {build_hint or f'run `dvc repro embed@{folder.name}`'} first")
         self.folder = folder
         self.info = json.loads((folder / "info.json").read_text())
         self.index = faiss.read_index(str(folder / "image.faiss"))
@@ -165,24 +202,20 @@ class ProductIndex:
                                 f"re-run `dvc repro embed@{self.folder.name}`")
 
     def fill_attributes(self, predictions: Path) -> int:
-        """Fill the product table's missing attributes with the values predict_attributes filled
-        (`source: predicted`, confident ones only), so a filter also finds the products whose feed
-        left that attribute out. A value the catalog gave is never replaced. Returns how many were filled."""
-        filled: dict[str, dict[str, str]] = {}
-        with open(predictions, encoding="utf-8") as f:
-            for line in f:
-                record = json.loads(line)
-                for column, v in record["attributes"].items():
-                    if v["source"] == "predicted":
-                        filled.setdefault(column, {})[record["product_id"]] = v["value"]
-        count = 0
-        for column, values in filled.items():
-            if column not in self.items.columns:
-                continue
-            before = int(self.items[column].notna().sum())
-            self.items[column] = self.items[column].fillna(self.items["product_id"].map(values))
-            count += int(self.items[column].notna().sum()) - before
+        """fill_attributes on this index's product table; returns how many values were filled."""
+        self.items, count = fill_attributes(self.items, predictions)
         return count
+
+    @property
+    def filterable(self) -> list[str]:
+        return [c for c in ATTRIBUTES if c in self.items.columns]
+
+    def product(self, row: int) -> dict[str, Any]:
+        """Row `row`'s product: id, title, attributes (catalog values and fills) and which were filled."""
+        item = self.items.iloc[row]
+        attributes = {c: item[c] for c in self.filterable if isinstance(item[c], str)}
+        return {"product_id": str(item["product_id"]), "title": str(item["title"]), "attributes": attributes,
+                "filled": list(item["filled"]) if "filled" in item.index else []}
 
     def allowed(self, where: dict[str, str]) -> np.ndarray | None:
         """Row ids whose attributes match every `column=value` (case-insensitive); None = no filter."""
@@ -190,9 +223,8 @@ class ProductIndex:
             return None
         mask = np.ones(len(self.items), bool)
         for column, value in where.items():
-            if column not in self.items.columns:
-                options = [c for c in self.items.columns if c not in ("captions",)]
-                raise ValueError(f"--where {column}=...: no attribute {column!r}; filterable: {options}")
+            if column not in self.filterable:
+                raise ValueError(f"filter {column}=...: no attribute {column!r}; filterable: {self.filterable}")
             mask &= self.items[column].astype("string").str.lower().eq(value.lower()).fillna(False).to_numpy()
         return np.flatnonzero(mask)
 

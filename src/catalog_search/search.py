@@ -1,67 +1,84 @@
-"""A trained scenario ready to answer queries: its FAISS index now, its model when first needed.
+"""A trained scenario ready to answer queries: its FAISS index now, its query encoder when first needed.
 
-Test-set captions and catalog images already have embeddings on disk, so the arena answers
-those without torch; a typed query or a query photo loads the scenario's merged open_clip
-checkpoint (and torch) once. Attribute filters also match the values the attribute classifier
-(predict_attributes) or the attribute VLM (extract_vlm) filled in where the catalog had none.
+The index is the scenario's serving index (data/serving/<scenario>: every clean product); the
+arena passes the evaluation split's folder instead (its test captions are embedded there). A
+typed query or a query photo loads the encoder once per process, under a lock, so concurrent
+first queries share one load: PyTorch (the merged checkpoint) or onnxruntime (models/<s>/onnx,
+torch never imported). "More like this" needs no encoder: the product's own vector is indexed.
+Filters also match attribute values the classifier (predict_attributes) or the attribute VLM
+(extract_vlm) filled in where the catalog had none.
 """
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from catalog_search.index import ProductIndex
-
+from catalog_search.index import IndexMismatch, ProductIndex
 
 # where filters' filled-in attributes come from: predict_attributes' or extract_vlm's output (same shape)
 PREDICTED_ATTRIBUTES = {"classifier": "data/attributes/predictions.jsonl", "vlm": "data/vlm/predictions.jsonl"}
+ENCODER_FOLDERS = {"torch": "merged", "onnx": "onnx"}
 
 
 class ScenarioSearch:
-    def __init__(self, scenario: str, root: Path = Path("."), attributes_from: str = "classifier"):
-        self.scenario = scenario
-        self.index = ProductIndex(Path(root) / "data/embeddings" / scenario)
+    def __init__(self, scenario: str, root: Path = Path("."), attributes_from: str = "classifier",
+                 folder: Path | None = None, encoder: str = "torch", threads: int | None = None):
+        self.scenario, self.encoder_kind, self.threads = scenario, encoder, threads
+        folder = Path(folder) if folder else Path(root) / "data/serving" / scenario
+        self.index = ProductIndex(folder, build_hint=None if folder.parent.name == "embeddings" else
+                                  f"add {scenario} to serve.scenarios in params.yaml and run `dvc repro serve_index`")
         predictions = Path(root) / PREDICTED_ATTRIBUTES[attributes_from]
         self.filled = self.index.fill_attributes(predictions) if predictions.exists() else 0
-        self.model_dir = Path(root) / "models" / scenario / "merged"
-        self._model: Any = None
+        self.model_dir = Path(root) / "models" / scenario / ENCODER_FOLDERS[encoder]
+        self._encoder: Any = None
+        self._lock = threading.Lock()
+        self.row = {pid: i for i, pid in enumerate(self.index.items["product_id"].astype(str))}
 
-    def _load(self) -> Any:
-        if self._model is None:
-            import open_clip
+    @property
+    def encoder(self) -> Any:
+        """The query encoder, loaded by the first query that needs it; the others wait for that load."""
+        if self._encoder is None:
+            with self._lock:
+                if self._encoder is None:
+                    from catalog_search.serving.encoders import load_encoder
 
-            if not (self.model_dir / "open_clip_model.safetensors").exists():
-                raise FileNotFoundError(f"no model in {self.model_dir}: run `dvc repro train@{self.scenario}` first")
-            self.index.check_model(self.model_dir / "open_clip_model.safetensors")
-            name = f"local-dir:{self.model_dir}"
-            model, _, preprocess = open_clip.create_model_and_transforms(name)
-            self._model = (model.eval(), preprocess, open_clip.get_tokenizer(name))
-        return self._model
+                    encoder = load_encoder(self.encoder_kind, self.model_dir, self.threads)
+                    expected = self.index.info.get("model_fingerprint")
+                    if expected and encoder.fingerprint != expected:
+                        stage = "embed" if self.index.folder.parent.name == "embeddings" else "serve_index"
+                        raise IndexMismatch(f"{self.model_dir} is not the model that built {self.index.folder}; "
+                                            f"re-run `dvc repro {stage}@{self.scenario}`"
+                                            + (f" and `catalog-search export-onnx {self.scenario}`"
+                                               if self.encoder_kind == "onnx" else ""))
+                    self._encoder = encoder
+        return self._encoder
 
     def encode_text(self, texts: list[str]) -> np.ndarray:
-        import torch
-
-        model, _, tokenizer = self._load()
-        with torch.no_grad():
-            return model.encode_text(tokenizer(texts)).float().numpy()
+        return self.encoder.encode_text(texts)
 
     def encode_image(self, images: list[Image.Image]) -> np.ndarray:
-        import torch
-
-        model, preprocess, _ = self._load()
-        with torch.no_grad():
-            return model.encode_image(torch.stack([preprocess(im.convert("RGB")) for im in images])).float().numpy()
+        return self.encoder.encode_image([im.convert("RGB") for im in images])
 
     def search_text(self, query: str, k: int, where: dict[str, str] | None = None) -> list[dict]:
         return self.index.query(self.encode_text([query]), k, where)[0]
 
-    def search_image(self, path: Path, k: int, where: dict[str, str] | None = None) -> list[dict]:
-        try:
-            image = Image.open(path)
-            image.load()
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{path}: not a readable image ({e})") from e
+    def search_image(self, image: Path | Image.Image, k: int, where: dict[str, str] | None = None) -> list[dict]:
+        if isinstance(image, Path):
+            try:
+                with Image.open(image) as im:
+                    im.load()
+                    image = im.convert("RGB")
+            except (OSError, ValueError) as e:
+                raise ValueError(f"{image}: not a readable image ({e})") from e
         return self.index.query(self.encode_image([image]), k, where)[0]
+
+    def similar(self, product_id: str, k: int, where: dict[str, str] | None = None) -> list[dict]:
+        """Products nearest to `product_id`'s own vector, itself left out ("more like this")."""
+        row = self.row[product_id]  # KeyError: unknown product
+        hits = self.index.query(np.asarray(self.index.images[row: row + 1]), k + 1, where)[0]
+        hits = [h for h in hits if h["product_id"] != product_id][:k]
+        return [{**h, "rank": r + 1} for r, h in enumerate(hits)]

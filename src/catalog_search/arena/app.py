@@ -1,12 +1,17 @@
-"""The arena web app (FastAPI): a query, two scenarios' top results as rows A and B in random
-order, a vote. Which scenario is which row stays on the server until the stats page.
+"""The arena (mounted at /arena by `catalog-search serve --arena A B`): a query, two scenarios' top
+results as rows A and B in random order, a vote. Which scenario is which row stays on the server
+until the stats page.
 
 Queries: a test-set caption or a catalog image (their embeddings are on disk: no model needed),
-or text the person types (loads both models once). Images are served by product id from the
-clean catalog; no path ever comes from the client.
+or text the person types (each scenario's encoder loads once). Voters get a signed session
+cookie with their first round; a vote counts only from the session its round was shown to, and
+sessions per client address and votes per session are rate-limited, so one client cannot flip
+the standings with a burst of votes.
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import html
 import secrets
 import threading
@@ -15,16 +20,17 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi.responses import FileResponse, HTMLResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from catalog_search import catalog
-from catalog_search.arena.store import AlreadyVoted, UnknownRound, VoteStore
+from catalog_search.arena.store import AlreadyVoted, UnknownRound, VoteStore, WrongSession
 from catalog_search.search import ScenarioSearch
+from catalog_search.serving.config import ArenaParams
+from catalog_search.serving.http import RateLimit, strict_json, validation_errors
 
-PAGE = Path(__file__).with_name("page.html")
-MAX_BODY = 16 * 1024
+STATIC = Path(__file__).parent
+COOKIE = "arena_session"
 
 
 class Vote(BaseModel):
@@ -33,70 +39,43 @@ class Vote(BaseModel):
     choice: Literal["A", "B", "tie", "skip"]
 
 
-class _BodyLimit:
-    """Pure ASGI middleware: a request body over `limit` bytes gets 413 before it is read whole."""
-
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            return await JSONResponse({"detail": "request body too large"}, 413)(scope, receive, send)
-        seen = 0
-
-        async def limited():
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise HTTPException(413, "request body too large")
-            return message
-
-        return await self.app(scope, limited, send)
-
-
 class Arena:
-    """The two scenarios, their query pools and the image table, shared by all requests."""
+    """The two scenarios (their evaluation-split indexes) and the caption pool, shared by all requests."""
 
-    def __init__(self, a: str, b: str, root: Path, k: int, seed: int | None = None):
+    def __init__(self, a: str, b: str, root: Path, k: int, seed: int | None = None, encoder: str = "torch"):
         if a == b:
-            raise ValueError(f"--a and --b are both {a!r}: compare two different scenarios")
+            raise ValueError(f"--arena {a} {b}: compare two different scenarios")
         self.names, self.k = (a, b), k
-        self.engines = {s: ScenarioSearch(s, root) for s in self.names}
+        folder = {s: Path(root) / "data/embeddings" / s for s in self.names}
+        self.engines = {s: ScenarioSearch(s, root, folder=folder[s], encoder=encoder) for s in self.names}
         items = [e.index.items["product_id"].tolist() for e in self.engines.values()]
         if items[0] != items[1]:
             raise ValueError(f"{a} and {b} embedded different catalogs; re-run `dvc repro embed` for both")
-        folder = {s: Path(root) / "data/embeddings" / s for s in self.names}
         self.captions = pd.read_parquet(folder[a] / "texts.parquet")["text"].tolist()
         self.caption_vectors = {s: np.load(folder[s] / "texts.npy", mmap_mode="r") for s in self.names}
-        clean = catalog.load(Path(root) / "data/clean/catalog.parquet").set_index("product_id")["image_path"]
-        base = Path(root) / "data/clean/catalog.parquet"
-        self.images = {pid: catalog.resolve_image(base, clean[pid]) for pid in items[0] if pid in clean.index}
         self.rng = np.random.default_rng(seed)
         self._rng_lock = threading.Lock()
 
-    def _result(self, hits: list[dict]) -> list[dict]:
+    @staticmethod
+    def _result(hits: list[dict]) -> list[dict]:
         return [{"product_id": h["product_id"], "title": h["title"], "image_url": f"/images/{h['product_id']}"}
                 for h in hits]
 
-    def make_round(self, store: VoteStore, kind: str, text: str | None) -> dict:
+    def make_round(self, store: VoteStore, kind: str, text: str | None, session: str, ttl_minutes: float) -> dict:
+        first = self.engines[self.names[0]].index
         with self._rng_lock:
             swap = bool(self.rng.random() < 0.5)
-            pick = int(self.rng.integers(len(self.captions) if kind == "caption" else len(self.images)))
+            pick = int(self.rng.integers(len(self.captions) if kind == "caption" else len(first.items)))
         hits, query = {}, {"kind": kind}
         if kind == "caption":
             query["text"] = self.captions[pick]
             for s, e in self.engines.items():
                 hits[s] = e.index.query(np.asarray(self.caption_vectors[s][pick: pick + 1]), self.k)[0]
         elif kind == "image":
-            pid = str(self.engines[self.names[0]].index.items.at[pick, "product_id"])
+            pid = str(first.items.at[pick, "product_id"])
             query.update(product_id=pid, image_url=f"/images/{pid}")
-            for s, e in self.engines.items():  # the query product itself is not a result
-                found = e.index.query(np.asarray(e.index.images[pick: pick + 1]), self.k + 1)[0]
-                hits[s] = [h for h in found if h["product_id"] != pid][: self.k]
+            for s, e in self.engines.items():
+                hits[s] = e.similar(pid, self.k)  # the query product itself is not a result
         else:
             query["text"] = text
             for s, e in self.engines.items():
@@ -104,58 +83,88 @@ class Arena:
         model_a, model_b = self.names[::-1] if swap else self.names
         round_id = secrets.token_urlsafe(12)
         store.add_round(round_id, kind, query.get("text") or query.get("product_id"), model_a, model_b,
-                        {"A": [h["product_id"] for h in hits[model_a]], "B": [h["product_id"] for h in hits[model_b]]})
+                        {"A": [h["product_id"] for h in hits[model_a]], "B": [h["product_id"] for h in hits[model_b]]},
+                        session, ttl_minutes)
         return {"round_id": round_id, "query": query, "rows": {"A": self._result(hits[model_a]),
                                                               "B": self._result(hits[model_b])}}
 
 
-def create_app(a: str, b: str, db: Path, root: Path = Path("."), k: int = 8, seed: int | None = None) -> FastAPI:
-    arena, store = Arena(a, b, root, k, seed), VoteStore(db)
-    app = FastAPI(title="catalog-search arena", docs_url=None, redoc_url=None)
-    app.add_middleware(_BodyLimit, limit=MAX_BODY)
+class Sessions:
+    """Voter sessions: a random id signed with the store's secret (a client cannot mint its own)."""
 
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, exc: Exception) -> JSONResponse:  # log, answer, keep serving
-        print(f"arena: {request.method} {request.url.path}: {type(exc).__name__}: {exc}", flush=True)
-        return JSONResponse({"detail": "internal error"}, 500)
+    def __init__(self, secret: bytes, per_minute: int):
+        self.secret, self.new_per_address = secret, RateLimit(per_minute)
 
-    @app.get("/", response_class=HTMLResponse)
-    def page() -> str:
-        return PAGE.read_text(encoding="utf-8")
+    def _sign(self, session: str) -> str:
+        return hmac.new(self.secret, session.encode(), hashlib.sha256).hexdigest()[:32]
 
-    @app.get("/api/round")
-    def new_round(kind: Literal["caption", "image", "text"] = "caption", q: str | None = None) -> dict:
-        if kind == "text" and not (q and q.strip() and len(q) <= 200):
-            raise HTTPException(422, "a typed query needs q: 1 to 200 characters")
-        return arena.make_round(store, kind, q.strip() if q else None)
+    def of(self, request: Request) -> str | None:
+        session, _, signature = (request.cookies.get(COOKIE) or "").partition(".")
+        return session if session and hmac.compare_digest(signature, self._sign(session)) else None
 
-    @app.post("/api/vote")
-    def vote(v: Vote) -> dict:
+    def start(self, request: Request, response: Response) -> str:
+        """A new session for this client address (429 past sessions_per_minute), set as a cookie."""
+        address = request.client.host if request.client else "unknown"
+        if not self.new_per_address.hit(address):
+            raise HTTPException(429, "too many new voter sessions from this address; wait a minute")
+        session = secrets.token_urlsafe(16)
+        response.set_cookie(COOKIE, f"{session}.{self._sign(session)}", httponly=True, samesite="strict",
+                            path="/arena", max_age=7 * 24 * 3600)
+        return session
+
+
+def arena_router(arena: Arena, store: VoteStore, cfg: ArenaParams, max_query_chars: int) -> APIRouter:
+    router = APIRouter(prefix="/arena")
+    sessions, votes = Sessions(store.secret(), cfg.sessions_per_minute), RateLimit(cfg.votes_per_minute)
+
+    @router.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "page.html", media_type="text/html")
+
+    @router.get("/arena.js", include_in_schema=False)
+    def script() -> FileResponse:
+        return FileResponse(STATIC / "arena.js", media_type="text/javascript")
+
+    @router.get("/api/round")
+    def new_round(request: Request, response: Response, kind: Literal["caption", "image", "text"] = "caption",
+                  q: str | None = None) -> dict:
+        """A new round for this voter (a session cookie is set with the first one)."""
+        if kind == "text" and not (q and q.strip() and len(q) <= max_query_chars):
+            raise HTTPException(422, f"a typed query needs q: 1 to {max_query_chars} characters")
+        session = sessions.of(request) or sessions.start(request, response)
+        return arena.make_round(store, kind, q.strip() if q else None, session, cfg.round_ttl_minutes)
+
+    @router.post("/api/vote")
+    async def vote(request: Request) -> dict:
+        """Body {"round_id": ..., "choice": "A" | "B" | "tie" | "skip"}, from the round's own session."""
         try:
-            store.vote(v.round_id, v.choice)
+            v = Vote.model_validate(strict_json(await request.body()))
+        except ValidationError as e:
+            return validation_errors(e.errors())
+        session = sessions.of(request)
+        if session is None:
+            raise HTTPException(403, "no voter session: load a round first (GET /arena/api/round)")
+        if not votes.hit(session):
+            raise HTTPException(429, f"over {cfg.votes_per_minute} votes a minute; slow down")
+        try:
+            store.vote(v.round_id, v.choice, session)
         except UnknownRound:
-            raise HTTPException(404, f"no round {v.round_id!r}: ask /api/round for one")
+            raise HTTPException(404, f"no round {v.round_id!r} (or it expired): ask /arena/api/round for one")
+        except WrongSession:
+            raise HTTPException(403, f"round {v.round_id!r} was shown to another voter session")
         except AlreadyVoted:
             raise HTTPException(409, f"round {v.round_id!r} already has a vote")
         return {"ok": True, "votes": store.count()}
 
-    @app.get("/api/stats")
+    @router.get("/api/stats")
     def stats() -> dict:
         return store.stats()
 
-    @app.get("/stats", response_class=HTMLResponse)
+    @router.get("/stats", response_class=HTMLResponse, include_in_schema=False)
     def stats_page() -> str:
         return render_stats(store.stats())
 
-    @app.get("/images/{product_id}")
-    def image(product_id: str) -> FileResponse:
-        path = arena.images.get(product_id)  # a lookup, never a path built from the request
-        if path is None or not path.is_file():
-            raise HTTPException(404, "no such product image")
-        return FileResponse(path)
-
-    app.state.store = store
-    return app
+    return router
 
 
 def render_stats(stats: dict) -> str:
@@ -172,12 +181,4 @@ def render_stats(stats: dict) -> str:
             "<style>body{font-family:system-ui,sans-serif;margin:1.5rem}td,th{padding:.3rem .8rem;text-align:left}</style>"
             f"<h1>Arena: {stats['votes']} votes</h1><table id='stats'><tr><th>scenario</th><th>wins</th>"
             "<th>win rate (of decided)</th><th>95% Wilson interval</th></tr>" + "".join(rows) +
-            "</table><p><a href='/'>back to voting</a></p>")
-
-
-def serve(a: str, b: str, db: Path, host: str = "127.0.0.1", port: int = 8000, k: int = 8) -> None:
-    import uvicorn
-
-    app = create_app(a, b, db, k=k)
-    print(f"arena: {a} vs {b} on http://{host}:{port}/ (votes in {db}); Ctrl-C to stop", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+            "</table><p><a href='./'>back to voting</a></p>")

@@ -1,20 +1,22 @@
 """The arena's vote store: SQLite in WAL mode, one row per round shown and per vote cast.
 
-A round records what was shown (query, which scenario was row A) before anyone votes, so the
-assignment stays on the server; a round takes one vote (primary key), so a retried or replayed
-POST cannot count twice. stdlib only: the arena report runs without the models.
+A round records what was shown (query, which scenario was row A) and to which voter session
+before anyone votes, so the assignment stays on the server; a round takes one vote (primary key),
+from its own session only, so a retried or replayed POST cannot count twice and nobody votes on
+rounds they were not shown. Unvoted rounds expire. stdlib only: the arena report runs without
+the models.
 """
 from __future__ import annotations
 
 import json
 import math
+import secrets
 import sqlite3
 import threading
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-CHOICES = ("A", "B", "tie", "skip")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rounds (
     round_id   TEXT PRIMARY KEY,
@@ -31,7 +33,9 @@ CREATE TABLE IF NOT EXISTS votes (
     winner     TEXT,                    -- the scenario voted for; NULL for tie and skip
     voted_at   TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+EXPIRE_EVERY_SECONDS = 60
 
 
 class UnknownRound(KeyError):
@@ -40,6 +44,10 @@ class UnknownRound(KeyError):
 
 class AlreadyVoted(ValueError):
     pass
+
+
+class WrongSession(PermissionError):
+    """A vote on a round that was shown to another voter session."""
 
 
 def wilson(successes: int, n: int, z: float = 1.959964) -> list[float]:
@@ -64,26 +72,51 @@ class VoteStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process crash
         self._db.executescript(SCHEMA)
+        if "session" not in {r[1] for r in self._db.execute("PRAGMA table_info(rounds)")}:  # an older store
+            self._db.execute("ALTER TABLE rounds ADD COLUMN session TEXT")
         self._lock = threading.Lock()
+        self._expired_at = 0.0
+
+    def secret(self) -> bytes:
+        """The key that signs voter sessions, kept in the store so sessions survive a restart."""
+        with self._lock:
+            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('session_secret', ?)", (secrets.token_hex(32),))
+            return bytes.fromhex(self._db.execute("SELECT value FROM meta WHERE key='session_secret'").fetchone()[0])
 
     def add_round(self, round_id: str, query_kind: str, query: str, model_a: str, model_b: str,
-                  shown: dict[str, list[str]]) -> None:
+                  shown: dict[str, list[str]], session: str | None = None, ttl_minutes: float = 60) -> None:
+        """Record a shown round; every EXPIRE_EVERY_SECONDS, delete unvoted rounds older than the ttl."""
+        now = datetime.now(timezone.utc)
         with self._lock:
-            self._db.execute("INSERT INTO rounds VALUES (?, ?, ?, ?, ?, ?, ?)",
-                             (round_id, _now(), query_kind, query, model_a, model_b, json.dumps(shown)))
+            self._db.execute("INSERT INTO rounds (round_id, created_at, query_kind, query, model_a, model_b, shown, "
+                             "session) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                             (round_id, _now(), query_kind, query, model_a, model_b, json.dumps(shown), session))
+            if now.timestamp() - self._expired_at >= EXPIRE_EVERY_SECONDS:
+                self._expired_at = now.timestamp()
+                cutoff = (now - timedelta(minutes=ttl_minutes)).isoformat(timespec="milliseconds")
+                self._db.execute("DELETE FROM rounds WHERE created_at < ? AND round_id NOT IN "
+                                 "(SELECT round_id FROM votes)", (cutoff,))
 
-    def vote(self, round_id: str, choice: str) -> str | None:
+    def vote(self, round_id: str, choice: str, session: str | None = None) -> str | None:
         """Record `choice` for the round; returns the scenario it favours (None: tie or skip)."""
         with self._lock:
-            row = self._db.execute("SELECT model_a, model_b FROM rounds WHERE round_id = ?", (round_id,)).fetchone()
+            row = self._db.execute("SELECT model_a, model_b, session FROM rounds WHERE round_id = ?",
+                                   (round_id,)).fetchone()
             if row is None:
                 raise UnknownRound(round_id)
+            if row[2] is not None and row[2] != session:
+                raise WrongSession(round_id)
             winner = {"A": row[0], "B": row[1]}.get(choice)
             try:
                 self._db.execute("INSERT INTO votes VALUES (?, ?, ?, ?)", (round_id, choice, winner, _now()))
             except sqlite3.IntegrityError as e:
                 raise AlreadyVoted(round_id) from e
             return winner
+
+    def unvoted_rounds(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM rounds WHERE round_id NOT IN "
+                                    "(SELECT round_id FROM votes)").fetchone()[0]
 
     def count(self) -> int:
         with self._lock:

@@ -1,0 +1,22 @@
+"""serve_index@<scenario>: every clean product's image, embedded with models/<scenario>/merged ->
+data/serving/<scenario>/ (the index `catalog-search search` and `serve` query). Incremental: only
+products whose image bytes are new to data/serving_cache/<scenario> are embedded."""
+import sys
+from pathlib import Path
+
+from catalog_search.checks import validate
+from catalog_search.params import load_params
+from catalog_search.serving.catalog_index import build_image_index
+from catalog_search.serving.encoders import load_encoder
+
+if __name__ == "__main__":
+    name = sys.argv[1]
+    params = load_params()
+    validate(params)
+    p = params["serve"]
+    encoder = load_encoder("torch", Path("models") / name / "merged")
+    predictions = Path("data/attributes/predictions.jsonl") if p["fill_attributes"] else None
+    counts = build_image_index(Path("data/clean/catalog.parquet"), predictions, encoder, Path("data/serving") / name,
+                               Path("data/serving_cache") / name, p["batch_size"], {"scenario": name}, p["index"])
+    print(f"serve_index@{name}: {counts['products']} products, {counts['embedded']} embedded, {counts['reused']} "
+          f"reused, {counts['dropped']} dropped from the cache; {counts['filled_values']} attribute values filled")

@@ -18,12 +18,13 @@ from catalog_search.training.data import SplitEncoder, load_split
 
 if __name__ == "__main__":
     name = sys.argv[1]
-    p = load_params()["embed"]
+    params = load_params()
+    p = params["embed"]
     merged = f"local-dir:models/{name}/merged"
     device = pick_device()
     model, _, preprocess = open_clip.create_model_and_transforms(merged, device=device)
     model.eval()
-    samples = load_split(Path("data/shards"), p["split"])
+    samples = load_split(params["shard"]["read_from"], p["split"])
     enc = SplitEncoder(model, preprocess, open_clip.get_tokenizer(merged), samples, set(), device, p["batch_size"],
                        workers=p["workers"])
     with torch.no_grad(), autocast(device):

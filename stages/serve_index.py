@@ -7,16 +7,22 @@ from pathlib import Path
 from catalog_search.checks import validate
 from catalog_search.params import load_params
 from catalog_search.serving.catalog_index import build_image_index
+from catalog_search.serving.config import serve_params
 from catalog_search.serving.encoders import load_encoder
+from catalog_search.serving.ray_engine import ray_encoder
 
 if __name__ == "__main__":
     name = sys.argv[1]
     params = load_params()
     validate(params)
-    p = params["serve"]
-    encoder = load_encoder("torch", Path("models") / name / "merged")
-    predictions = Path("data/attributes/predictions.jsonl") if p["fill_attributes"] else None
+    p = serve_params(params)
+    merged = Path("models") / name / "merged"
+    encoder = load_encoder("torch", merged)
+    predictions = Path("data/attributes/predictions.jsonl") if p.fill_attributes else None
+    engine = ray_encoder("torch", merged, p.ray.batch_size, p.ray.actors, p.ray.address) if p.engine == "ray" else None
+    qdrant = {"url": p.qdrant.url, "collection": p.qdrant.collection or name} if p.index.backend == "qdrant" else None
     counts = build_image_index(Path("data/clean/catalog.parquet"), predictions, encoder, Path("data/serving") / name,
-                               Path("data/serving_cache") / name, p["batch_size"], {"scenario": name}, p["index"])
+                               Path("data/serving_cache") / name, p.batch_size, {"scenario": name},
+                               p.index.model_dump(), engine, qdrant)
     print(f"serve_index@{name}: {counts['products']} products, {counts['embedded']} embedded, {counts['reused']} "
           f"reused, {counts['dropped']} dropped from the cache; {counts['filled_values']} attribute values filled")

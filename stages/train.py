@@ -23,7 +23,6 @@ from catalog_search.training import checkpoint, distributed
 from catalog_search.training.data import load_split
 from catalog_search.training.trainer import train
 
-SHARDS = Path("data/shards")
 
 if __name__ == "__main__":
     name = sys.argv[1]
@@ -45,7 +44,8 @@ if __name__ == "__main__":
     checkpoints.mkdir(parents=True, exist_ok=True)  # an output even where nothing trains (zero_shot)
     live = Live(f"dvclive/{name}", dvcyaml=None, save_dvc_exp=False) if world.is_main else nullcontext()
     with live:
-        result = train(bundle, scenario, load_split(SHARDS, cfg["train_split"]), load_split(SHARDS, "val"),
+        shards = params["shard"]["read_from"]  # data/shards, or where push-shards put them (s3://...)
+        result = train(bundle, scenario, load_split(shards, cfg["train_split"]), load_split(shards, "val"),
                        cfg, device, live if world.is_main else None, world, checkpoints)
     if world.is_main:
         card = {"scenario": name, "model": {**m, "pretrained": start}, "towers": {"image": scenario.image, "text": scenario.text,

@@ -19,6 +19,7 @@ from catalog_search.models.export import save_model
 from catalog_search.models.registry import create_model
 from catalog_search.serving.encoders import OnnxEncoder, TorchEncoder, load_encoder, preprocess_image
 from catalog_search.serving.onnx_export import export_onnx
+from conftest import ROOT
 
 N = 64
 ODD_TEXTS = ["", "   ", "ÉTÉ Robe &amp;amp; Ceinture", "tab\tand\nnewline", "word " * 60, "日本 の ドレス"]
@@ -133,3 +134,47 @@ def test_a_missing_model_folder_says_how_to_make_it(tmp_path):
         load_encoder("onnx", tmp_path / "models" / "dual_lora" / "onnx")
     with pytest.raises(FileNotFoundError, match=r"dual_lora/merged.*dvc repro train@dual_lora"):
         load_encoder("torch", tmp_path / "models" / "dual_lora" / "merged")
+
+
+def test_serve_answers_with_onnx_and_never_imports_torch(exported, demo_raw, tmp_path):
+    """`catalog-search serve --encoder onnx` in a project whose serving index this model built."""
+    import shutil
+    import socket
+
+    import httpx
+
+    from catalog_search.serving.catalog_index import build_image_index
+
+    raw, _ = demo_raw
+    root = tmp_path / "project"
+    shutil.copytree(raw.parent, root / "data/clean")
+    shutil.copytree(exported[0], root / "models/dual_lora/onnx")
+    shutil.copy(ROOT / "params.yaml", root / "params.yaml")
+    build_image_index(root / "data/clean/catalog.parquet", None, OnnxEncoder(root / "models/dual_lora/onnx"),
+                      root / "data/serving/dual_lora", root / "data/serving_cache/dual_lora", 32, {"scenario": "dual_lora"})
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cli = [sys.executable, "-c", "from catalog_search.cli import main; main()"]
+    server = subprocess.Popen([*cli, "serve", "--encoder", "onnx", "--port", str(port)], cwd=root,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            assert server.poll() is None and time.time() < deadline, server.stdout.read() if server.poll() else "timeout"
+            try:
+                httpx.get(url + "/api/health")
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        hits = httpx.get(url + "/api/search", params={"q": "red dress", "k": 5}, timeout=30).json()["results"]
+        image = httpx.get(url + hits[0]["image_url"]).content
+        by_photo = httpx.post(url + "/api/search/image", files={"image": ("q.png", image, "image/png")}, timeout=30)
+        health = httpx.get(url + "/api/health").json()
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert len(hits) == 5 and by_photo.status_code == 200
+    assert by_photo.json()["results"][0]["score"] > 0.999  # a product's own photo finds its own vector
+    assert health == {"scenarios": {"dual_lora": 120}, "encoder": "onnx", "torch_imported": False, "arena": None}

@@ -6,6 +6,7 @@
     catalog-search serve [--arena zero_shot dual_lora] [--encoder onnx] [--port 8000]   # API + search page
     catalog-search arena --a zero_shot --b dual_lora [--port 8000]   # the same server, arena at /arena/
     catalog-search export-onnx dual_lora            # models/dual_lora/onnx: image + text towers, tokenizer
+    catalog-search push-shards s3://bucket/catalog/shards   # then shard.read_from: s3://... (no local copy needed)
     catalog-search arena-report                     # votes -> metrics/arena.json
     catalog-search attributes photo.jpg [more.jpg ...]   # structured attributes (JSON) from the classifier
     catalog-search clean prepare [--dry-run] | dispatch | monitor [--wait] | finalize | cancel
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     s = sub.add_parser("search", help="rank products for a text query or a query image")
     s.add_argument("query", nargs="?")
     s.add_argument("--image", type=Path, help="search with this photo instead of text")
-    s.add_argument("--scenario", default="dual_lora", help="trained scenario whose model and index to use")
+    s.add_argument("--scenario", help="scenario whose serving index to search (default: the first of serve.scenarios)")
     s.add_argument("--text-embedder", action="store_true", help="rank product descriptions with models/text_embedder")
     s.add_argument("--where", action="append", default=[], metavar="ATTR=VALUE",
                    help="keep products whose attribute equals VALUE (repeatable; case-insensitive)")
@@ -114,6 +115,9 @@ def main(argv: list[str] | None = None) -> None:
     a.add_argument("--host")
     a.add_argument("--port", type=int)
     a.add_argument("--db", type=Path, default=Path("arena/votes.sqlite"))
+    ps = sub.add_parser("push-shards", help="upload data/shards to a URL (s3://bucket/prefix) that shard.read_from "
+                        "can name; credentials from the environment")
+    ps.add_argument("url")
     x = sub.add_parser("export-onnx", help="ONNX image and text towers of a trained scenario -> models/<s>/onnx")
     x.add_argument("scenario")
     r = sub.add_parser("arena-report", help="win rates with 95%% Wilson intervals -> metrics/arena.json")
@@ -145,6 +149,13 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps(row))
     elif args.command in ("serve", "arena"):
         serve_command(args)
+    elif args.command == "push-shards":
+        from catalog_search.shards import push_shards
+
+        if not Path("data/shards/manifest.json").exists():
+            raise SystemExit("catalog-search: no data/shards/manifest.json: run `dvc repro shard` first")
+        names = push_shards(Path("data/shards"), args.url)
+        print(f"{args.url}: {len(names)} files (the manifest last); set shard.read_from: {args.url}")
     elif args.command == "export-onnx":
         from catalog_search.serving.onnx_export import export_onnx
 
@@ -205,10 +216,14 @@ def search(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             parser.error("--text-embedder ranks descriptions for a text query; --image/--where need --scenario")
         results = search_text_embedder(args.query, args.k)
     else:
+        from catalog_search.params import load_params
         from catalog_search.search import ScenarioSearch
+        from catalog_search.serving.config import serve_params
 
         try:
-            engine = ScenarioSearch(args.scenario, attributes_from=args.attributes_from)
+            serve = serve_params(load_params())
+            engine = ScenarioSearch(args.scenario or serve.scenarios[0], attributes_from=args.attributes_from,
+                                    qdrant_url=serve.qdrant.url)
             results = (engine.search_image(args.image, args.k, where) if args.image
                        else engine.search_text(args.query, args.k, where))
         except (FileNotFoundError, ValueError, RuntimeError) as e:

@@ -10,6 +10,7 @@ Filters also match attribute values the classifier (predict_attributes) or the a
 """
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -24,13 +25,25 @@ PREDICTED_ATTRIBUTES = {"classifier": "data/attributes/predictions.jsonl", "vlm"
 ENCODER_FOLDERS = {"torch": "merged", "onnx": "onnx"}
 
 
+def json_info(folder: Path) -> dict:
+    path = Path(folder) / "info.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 class ScenarioSearch:
     def __init__(self, scenario: str, root: Path = Path("."), attributes_from: str = "classifier",
-                 folder: Path | None = None, encoder: str = "torch", threads: int | None = None):
+                 folder: Path | None = None, encoder: str = "torch", threads: int | None = None,
+                 qdrant_url: str | None = None):
         self.scenario, self.encoder_kind, self.threads = scenario, encoder, threads
         folder = Path(folder) if folder else Path(root) / "data/serving" / scenario
-        self.index = ProductIndex(folder, build_hint=None if folder.parent.name == "embeddings" else
-                                  f"add {scenario} to serve.scenarios in params.yaml and run `dvc repro serve_index`")
+        hint = None if folder.parent.name == "embeddings" else \
+            f"add {scenario} to serve.scenarios in params.yaml and run `dvc repro serve_index`"
+        if json_info(folder).get("qdrant_collection"):  # serve.index.backend: qdrant
+            from catalog_search.serving.qdrant_index import QdrantIndex
+
+            self.index: ProductIndex = QdrantIndex(folder, qdrant_url, build_hint=hint)
+        else:
+            self.index = ProductIndex(folder, build_hint=hint)
         predictions = Path(root) / PREDICTED_ATTRIBUTES[attributes_from]
         self.filled = self.index.fill_attributes(predictions) if predictions.exists() else 0
         self.model_dir = Path(root) / "models" / scenario / ENCODER_FOLDERS[encoder]

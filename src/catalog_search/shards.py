@@ -15,7 +15,7 @@ from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
 from catalog_search import catalog
 from catalog_search.catalog import ATTRIBUTES, CatalogError
 from catalog_search.io import write_json
-from catalog_search.tars import ShardWriter, read_samples
+from catalog_search.tars import ShardWriter, is_url, read_samples
 
 SPLITS = ["train", "val", "test", "mini_train"]
 
@@ -84,22 +84,49 @@ def write_shards(df: pd.DataFrame, catalog_path: Path, out_dir: Path, samples_pe
     return manifest
 
 
-def shard_urls(shard_dir: Path, split: str) -> list[str]:
+def read_manifest(shard_dir: Path | str) -> dict:
+    """The manifest of a shard folder: local, or a URL (s3://bucket/prefix) the shards were pushed to."""
+    if is_url(shard_dir):
+        import fsspec
+
+        try:
+            with fsspec.open(f"{str(shard_dir).rstrip('/')}/manifest.json", "rb") as f:
+                return json.loads(f.read())
+        except FileNotFoundError:
+            raise CatalogError(f"{shard_dir}/manifest.json not found: push the shards there first "
+                               f"(catalog-search push-shards {shard_dir})") from None
+    return json.loads((Path(shard_dir) / "manifest.json").read_text())
+
+
+def shard_urls(shard_dir: Path | str, split: str) -> list[str]:
     """The shard files of a split, from the manifest (so a stray tar is never read)."""
-    manifest = json.loads((shard_dir / "manifest.json").read_text())
+    manifest = read_manifest(shard_dir)
     if split not in manifest["splits"]:
         raise CatalogError(f"{shard_dir}/manifest.json has no split {split!r}; splits: {list(manifest['splits'])}")
-    return [str(shard_dir / s["file"]) for s in manifest["splits"][split]["shards"]]
+    join = (lambda f: f"{str(shard_dir).rstrip('/')}/{f}") if is_url(shard_dir) else (lambda f: str(Path(shard_dir) / f))
+    return [join(s["file"]) for s in manifest["splits"][split]["shards"]]
 
 
-def iter_samples(shard_dir: Path, split: str) -> Iterator[dict]:
+def push_shards(shard_dir: Path, url: str) -> list[str]:
+    """Upload a shard folder to `url` (s3://bucket/prefix), the manifest last: a reader that finds
+    the manifest finds every shard it lists. Returns the uploaded file names."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(url)
+    names = [p.name for p in sorted(Path(shard_dir).glob("*.tar"))]
+    for name in [*names, "manifest.json"]:
+        fs.put_file(str(Path(shard_dir) / name), f"{root.rstrip('/')}/{name}")
+    return [*names, "manifest.json"]
+
+
+def iter_samples(shard_dir: Path | str, split: str) -> Iterator[dict]:
     """Samples of a split in shard order: key, encoded image bytes, and the JSON metadata.
 
     Every process reads the whole split (no node or worker splitting): the trainer draws global
     batches from it and each rank embeds its slice of every batch.
     """
     for url in shard_urls(shard_dir, split):
-        for sample in read_samples(Path(url)):
+        for sample in read_samples(url if is_url(url) else Path(url)):
             image_key = next(k for k in sample if k in ("jpg", "jpeg", "png", "webp"))
             yield {"key": sample["__key__"], "image": sample[image_key], **json.loads(sample["json"])}
 

@@ -31,13 +31,34 @@ def _split_name(name: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), (ext.lower() if dot else "")
 
 
-def read_samples(path: Path) -> Iterator[dict]:
-    """Samples of one tar: `{"__key__", "__url__", ext: bytes, ...}`, in file order."""
-    if not path.is_file():
+def is_url(location: str | Path) -> bool:
+    """`s3://bucket/...`, `gs://...`, `https://...`: read through fsspec, streamed, never copied locally."""
+    return "://" in str(location)
+
+
+def read_samples(path: Path | str) -> Iterator[dict]:
+    """Samples of one tar: `{"__key__", "__url__", ext: bytes, ...}`, in file order. `path` is a
+    local file or an fsspec URL (s3:// needs s3fs; credentials and AWS_ENDPOINT_URL from the environment)."""
+    if is_url(path):
+        import fsspec
+
+        try:
+            with fsspec.open(str(path), "rb") as f:
+                yield from _read_tar(f, str(path))
+        except FileNotFoundError:
+            raise CatalogError(f"{path}: shard not found; check shard.read_from in params.yaml and that the "
+                               "shards were uploaded (catalog-search push-shards)") from None
+        return
+    if not Path(path).is_file():
         raise CatalogError(f"{path}: shard not found; check data.path and data.webdataset.urls in params.yaml.")
+    with open(path, "rb") as f:
+        yield from _read_tar(f, str(path))
+
+
+def _read_tar(stream, path: str) -> Iterator[dict]:
     sample: dict = {}
     try:
-        with tarfile.open(path, "r|*") as tar:
+        with tarfile.open(fileobj=stream, mode="r|*") as tar:
             for member in tar:
                 if not member.isfile():
                     continue

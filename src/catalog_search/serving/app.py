@@ -38,7 +38,7 @@ JSON_LIMIT = 64 * 1024
 
 def load_engines(root: Path, cfg: ServeParams) -> dict[str, ScenarioSearch]:
     """Each serve.scenarios scenario whose serving index exists (its folder is data/serving/<s>)."""
-    return {s: ScenarioSearch(s, root, encoder=cfg.encoder) for s in cfg.scenarios
+    return {s: ScenarioSearch(s, root, encoder=cfg.encoder, qdrant_url=cfg.qdrant.url) for s in cfg.scenarios
             if (Path(root) / "data/serving" / s / "image.faiss").exists()}
 
 

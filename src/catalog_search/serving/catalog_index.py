@@ -57,10 +57,21 @@ def content_key(content: bytes) -> str:
     return hashlib.sha256(content).hexdigest()
 
 
-def refresh(contents: Sequence[Callable[[], bytes]], encode: Callable[[list[bytes]], np.ndarray], cache: VectorCache,
-            batch_size: int, what: str) -> tuple[np.ndarray, dict[str, int]]:
-    """One vector per product (row order kept): from the cache, or encoded now in batches.
-    `contents[i]()` reads product i's content when needed (a catalog is never all in memory)."""
+def in_batches(encode: Callable[[list[bytes]], np.ndarray], contents: Sequence[Callable[[], bytes]], batch_size: int,
+               what: str) -> Callable[[list[int]], np.ndarray]:
+    """The local engine: rows encoded `batch_size` at a time in this process."""
+    def encode_rows(rows: list[int]) -> np.ndarray:
+        parts = [encode([contents[i]() for i in rows[start:start + batch_size]])
+                 for start in tqdm(range(0, len(rows), batch_size), desc=f"embed {what}", mininterval=10)]
+        return np.concatenate(parts) if parts else np.zeros((0, 1), np.float32)
+    return encode_rows
+
+
+def refresh(contents: Sequence[Callable[[], bytes]], encode_rows: Callable[[list[int]], np.ndarray],
+            cache: VectorCache, what: str) -> tuple[np.ndarray, list[str], dict[str, int]]:
+    """One vector per product (row order kept): from the cache, or encoded now by `encode_rows`
+    (the local engine or Ray's). `contents[i]()` reads product i's content when needed (a catalog
+    is never all in memory). Returns the vectors, each row's content key, and the counts."""
     keys = []
     for read in tqdm(contents, desc=f"hash {what}", mininterval=10):
         keys.append(content_key(read()))
@@ -69,13 +80,13 @@ def refresh(contents: Sequence[Callable[[], bytes]], encode: Callable[[list[byte
         if k not in cache.vectors:
             first.setdefault(k, i)
     todo = list(first.values())
-    for start in tqdm(range(0, len(todo), batch_size), desc=f"embed {what}", mininterval=10):
-        rows = todo[start:start + batch_size]
-        for i, vector in zip(rows, encode([contents[i]() for i in rows])):
+    if todo:
+        for i, vector in zip(todo, encode_rows(todo)):
             cache.vectors[keys[i]] = np.asarray(vector, np.float32)
     dropped = cache.save(set(keys))
     vectors = np.stack([cache.vectors[k] for k in keys]) if keys else np.zeros((0, 1), np.float32)
-    return vectors, {"products": len(keys), "embedded": len(todo), "reused": len(keys) - len(todo), "dropped": dropped}
+    return vectors, keys, {"products": len(keys), "embedded": len(todo), "reused": len(keys) - len(todo),
+                           "dropped": dropped}
 
 
 def catalog_items(catalog_path: Path, predictions: Path | None) -> tuple[pd.DataFrame, int]:
@@ -88,24 +99,39 @@ def catalog_items(catalog_path: Path, predictions: Path | None) -> tuple[pd.Data
 
 
 def build_image_index(catalog_path: Path, predictions: Path | None, encoder: Any, out_dir: Path, cache_dir: Path,
-                      batch_size: int, info: dict, index_params: dict | None = None) -> dict:
+                      batch_size: int, info: dict, index_params: dict | None = None,
+                      ray_encode: Callable[[list[str]], np.ndarray] | None = None,
+                      qdrant: dict | None = None) -> dict:
     """A scenario's serving index of every clean product's image. `encoder.encode_image(list of
-    PIL images)` gives normalised vectors; `encoder.fingerprint` names the model."""
+    PIL images)` gives normalised vectors; `encoder.fingerprint` names the model. `ray_encode(image
+    paths)` embeds on Ray Data instead (serve.engine: ray). With `qdrant` ({"url", "collection"}),
+    the collection is synced too (serve.index.backend: qdrant)."""
     import io
 
     from PIL import Image
 
     items, filled = catalog_items(catalog_path, predictions)
     paths = [catalog.resolve_image(catalog_path, p) for p in items["image_path"]]
+    contents = [path.read_bytes for path in paths]
 
-    def encode(contents: list[bytes]) -> np.ndarray:
-        return encoder.encode_image([Image.open(io.BytesIO(c)).convert("RGB") for c in contents])
+    def encode(batch: list[bytes]) -> np.ndarray:
+        return encoder.encode_image([Image.open(io.BytesIO(c)).convert("RGB") for c in batch])
 
-    vectors, counts = refresh([path.read_bytes for path in paths], encode, VectorCache(cache_dir, encoder.fingerprint),
-                              batch_size, "images")
+    encode_rows = (lambda rows: ray_encode([str(paths[i]) for i in rows])) if ray_encode else \
+        in_batches(encode, contents, batch_size, "images")
+    vectors, keys, counts = refresh(contents, encode_rows, VectorCache(cache_dir, encoder.fingerprint), "images")
+    index_params = {k: v for k, v in (index_params or {"kind": "flat"}).items() if k != "backend"}
+    extra = {}
+    if qdrant is not None:
+        from catalog_search.serving.qdrant_index import client_for, sync
+
+        client = client_for(out_dir / "qdrant", qdrant["url"])
+        extra = {"qdrant_collection": qdrant["collection"],
+                 "qdrant": sync(client, qdrant["collection"], vectors, items, keys, catalog.ATTRIBUTES)}
+        client.close()
     save_index(out_dir, vectors, items, {**info, "model_fingerprint": encoder.fingerprint, "filled_values": filled,
-                                         **counts}, index_params)
-    return {**counts, "filled_values": filled}
+                                         **counts, **extra}, index_params)
+    return {**counts, "filled_values": filled, **extra}
 
 
 def build_text_index(catalog_path: Path, encode: Callable[[list[str]], np.ndarray], fingerprint: str, out_dir: Path,
@@ -114,8 +140,9 @@ def build_text_index(catalog_path: Path, encode: Callable[[list[str]], np.ndarra
     items, _ = catalog_items(catalog_path, None)
     items = items[items["description"].fillna("").str.strip().str.len() > 0].reset_index(drop=True)
     texts = items["description"].tolist()
-    vectors, counts = refresh([lambda t=t: t.encode() for t in texts], lambda c: encode([b.decode() for b in c]),
-                              VectorCache(cache_dir, fingerprint), batch_size, "descriptions")
+    contents = [lambda t=t: t.encode() for t in texts]
+    vectors, _, counts = refresh(contents, in_batches(lambda c: encode([b.decode() for b in c]), contents, batch_size,
+                                                      "descriptions"), VectorCache(cache_dir, fingerprint), "descriptions")
     save_index(out_dir, vectors, items, {**info, "model_fingerprint": fingerprint, **counts})
     return counts
 

@@ -14,10 +14,22 @@ class _Section(BaseModel):
 
 
 class IndexParams(_Section):
+    backend: Literal["faiss", "qdrant"] = "faiss"
     kind: Literal["flat", "hnsw", "ivf"] = "flat"
     hnsw_m: int = Field(32, ge=4)
     ef_construction: int = Field(200, ge=1)
     ef_search: int = Field(128, ge=1)
+
+
+class QdrantParams(_Section):
+    url: str | None = None  # None: local mode, a folder beside the index
+    collection: str | None = None  # None: the scenario's name
+
+
+class RayParams(_Section):
+    address: str | None = None  # None: a local Ray started for the run
+    actors: int = Field(2, ge=1)  # one model each
+    batch_size: int = Field(64, ge=1)
 
 
 class ArenaParams(_Section):
@@ -32,6 +44,9 @@ class ServeParams(_Section):
     batch_size: int = Field(64, ge=1)
     fill_attributes: bool = True
     index: IndexParams = IndexParams()
+    qdrant: QdrantParams = QdrantParams()
+    engine: Literal["local", "ray"] = "local"
+    ray: RayParams = RayParams()
     encoder: Literal["torch", "onnx"] = "torch"
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)

@@ -16,7 +16,8 @@ from catalog_search.shards import decode_image, iter_samples
 from catalog_search.training.distributed import World, gather_rows
 
 
-def load_split(shard_dir: Path, split: str) -> list[dict]:
+def load_split(shard_dir: Path | str, split: str) -> list[dict]:
+    """A split's samples from a shard folder or URL (s3://...: streamed through fsspec)."""
     samples = list(iter_samples(shard_dir, split))
     if not samples:
         raise ValueError(f"{shard_dir}: split {split!r} has no samples; check shard.* params and the clean stage's rejects")

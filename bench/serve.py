@@ -135,7 +135,9 @@ def prepare_large(tmp: Path, demo: Path, n: int, kinds: list[str]) -> tuple[dict
         out.mkdir(parents=True)
         for name in ("images.npy", "items.parquet"):
             (out / name).symlink_to(shared / name)
-        params = {"kind": "flat"} if kind == "flat" else IndexParams(kind=kind).model_dump()
+        defaults = IndexParams()  # params.yaml's serve.index defaults, FAISS's keys only
+        params = {"kind": kind, **({} if kind == "flat" else {key: getattr(defaults, key) for key in
+                                                            ("hnsw_m", "ef_construction", "ef_search")})}
         start = time.perf_counter()
         index = build_index(vectors, **params)
         build_s = time.perf_counter() - start

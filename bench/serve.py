@@ -30,9 +30,12 @@ bench/search_index.py measures recall on such data) with the demo product's titl
 photo and a unique id. One index with serve.index kind flat and one with hnsw (params.yaml's
 defaults: M=32, efConstruction=200, efSearch=128); build_s is FAISS's build alone.
 
-Runtime on the 2-core dev box: ~4 min with --large 100000 (HNSW build ~1.5 min); the default
-1M run is dominated by the HNSW build (see large.hnsw.build_s; ~15-20 min on 2 cores), so use
---large 100000 or --skip-large for a run under 10 minutes.
+Runtime on the 2-core dev box: --large 100000 ~3 min (quiet machine: prep 20 s, demo servers 1 min,
+HNSW build 30 s); --skip-large ~1.5 min. The default (1M) took 22 min with another developer's
+pipeline running: its HNSW build alone was 10 min (large.hnsw.build_s), the flat 1M server 2 min
+(~0.35 s a query), so it does not fit in 10 minutes; use --large 100000 for a quick run. Torch's
+sequential figures are very sensitive to other load (its intra-op threads spin-wait for a core:
+30 ms a text query on a quiet machine, 540 ms beside a training run); compare loadavg_1m_*.
 """
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ def test_run_catalog_sweeps_on_val_adds_seeds_and_resumes(tmp_path):
                        "image_size": 32}
     params["pretrain"].update(base="none", caption_size=32, train={"epochs": 1, "lr": 0.003, "batch_size": 32})
     params["train"]["scenarios"] = ["chance", "zero_shot", "linear_probe"]
+    params["serve"]["scenarios"] = ["linear_probe"]  # serve only what is trained (validated)
     params["train"]["defaults"].update(batch_size=32)
     root = project(tmp_path / "project", params)
     (root / ".gitignore").write_text(".runs/\n")

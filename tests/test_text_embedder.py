@@ -1,4 +1,5 @@
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -80,6 +81,13 @@ def test_search_command_ranks_descriptions(tiny_bert, demo_shards, tmp_path, mon
     catalog.save(kept, tmp_path / "data" / "clean" / "catalog.parquet")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"text_embedder": {"base": tiny_bert, "max_length": 64}}))
     monkeypatch.chdir(tmp_path)
+    from catalog_search.serving.catalog_index import build_text_index, folder_fingerprint
+
+    built = build_text_index(Path("data/clean/catalog.parquet"),  # what serve_text_index does: embed once
+                             lambda texts: model.encode(texts, convert_to_numpy=True),
+                             f"{tiny_bert}+{folder_fingerprint(Path('models/text_embedder'))}",
+                             Path("data/serving/text_embedder"), Path("data/serving_cache/text_embedder"), 32, {})
+    assert built["products"] == (kept["description"].fillna("").str.strip() != "").sum() >= built["embedded"] > 0
     target = kept["description"].iloc[7]
     capsys.readouterr()  # drop the trainer's log lines
     main(["search", target, "--text-embedder", "-k", "3", "--json"])

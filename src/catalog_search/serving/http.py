@@ -56,10 +56,14 @@ class Guard:
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             return await JSONResponse({"detail": f"request body over {limit} bytes"}, 413)(scope, receive,
                                                                                           send_with_headers)
-        seen = 0
+        seen, body_done = 0, False
 
         async def guarded():
-            nonlocal seen
+            """The deadline holds while the body arrives; afterwards receive() only waits for a
+            disconnect (streaming responses listen for it), which must not time out."""
+            nonlocal seen, body_done
+            if body_done:
+                return await receive()
             try:
                 message = await asyncio.wait_for(receive(), self.timeout)
             except asyncio.TimeoutError:
@@ -67,6 +71,7 @@ class Guard:
             seen += len(message.get("body", b""))
             if seen > limit:
                 raise HTTPException(413, f"request body over {limit} bytes")
+            body_done = message["type"] != "http.request" or not message.get("more_body", False)
             return message
 
         try:

@@ -87,7 +87,8 @@ def prepare_demo(tmp: Path, batch_size: int) -> tuple[Path, dict]:
     models = root / "models" / SCENARIO
     (models / "merged").symlink_to(REPO / "models" / SCENARIO / "merged")
     start = time.perf_counter()
-    export_onnx(models / "merged", models / "onnx")
+    (root / "models/onnx").mkdir(parents=True, exist_ok=True)
+    export_onnx(models / "merged", root / "models/onnx" / SCENARIO)
     export_s = time.perf_counter() - start
     log(f"onnx export {export_s:.1f} s")
     start = time.perf_counter()
@@ -133,7 +134,8 @@ def prepare_large(tmp: Path, demo: Path, n: int, kinds: list[str]) -> tuple[dict
     roots, report = {}, {"products": n, "dim": dim, "generate_s": round(generate_s, 1)}
     for kind in kinds:
         root = project_root(tmp / f"large-{kind}")
-        (root / "models" / SCENARIO / "onnx").symlink_to(demo / "models" / SCENARIO / "onnx")
+        (root / "models/onnx").mkdir(parents=True, exist_ok=True)
+        (root / "models/onnx" / SCENARIO).symlink_to(demo / "models/onnx" / SCENARIO)
         out = root / "data/serving" / SCENARIO
         out.mkdir(parents=True)
         for name in ("images.npy", "items.parquet"):

@@ -130,8 +130,8 @@ def test_a_model_without_hf_tokenizer_is_refused_with_the_fix(tmp_path):
 
 
 def test_a_missing_model_folder_says_how_to_make_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"dual_lora/onnx.*catalog-search export-onnx dual_lora"):
-        load_encoder("onnx", tmp_path / "models" / "dual_lora" / "onnx")
+    with pytest.raises(FileNotFoundError, match=r"onnx/dual_lora.*catalog-search export-onnx dual_lora"):
+        load_encoder("onnx", tmp_path / "models" / "onnx" / "dual_lora")
     with pytest.raises(FileNotFoundError, match=r"dual_lora/merged.*dvc repro train@dual_lora"):
         load_encoder("torch", tmp_path / "models" / "dual_lora" / "merged")
 
@@ -148,9 +148,9 @@ def test_serve_answers_with_onnx_and_never_imports_torch(exported, demo_raw, tmp
     raw, _ = demo_raw
     root = tmp_path / "project"
     shutil.copytree(raw.parent, root / "data/clean")
-    shutil.copytree(exported[0], root / "models/dual_lora/onnx")
+    shutil.copytree(exported[0], root / "models/onnx/dual_lora")
     shutil.copy(ROOT / "params.yaml", root / "params.yaml")
-    build_image_index(root / "data/clean/catalog.parquet", None, OnnxEncoder(root / "models/dual_lora/onnx"),
+    build_image_index(root / "data/clean/catalog.parquet", None, OnnxEncoder(root / "models/onnx/dual_lora"),
                       root / "data/serving/dual_lora", root / "data/serving_cache/dual_lora", 32, {"scenario": "dual_lora"})
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

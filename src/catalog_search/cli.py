@@ -5,7 +5,7 @@
     catalog-search search "black maxi dress" --text-embedder [-k 10] [--json]
     catalog-search serve [--arena zero_shot dual_lora] [--encoder onnx] [--port 8000]   # API + search page
     catalog-search arena --a zero_shot --b dual_lora [--port 8000]   # the same server, arena at /arena/
-    catalog-search export-onnx dual_lora            # models/dual_lora/onnx: image + text towers, tokenizer
+    catalog-search export-onnx dual_lora            # models/onnx/dual_lora: image + text towers, tokenizer
     catalog-search push-shards s3://bucket/catalog/shards   # then shard.read_from: s3://... (no local copy needed)
     catalog-search arena-report                     # votes -> metrics/arena.json
     catalog-search attributes photo.jpg [more.jpg ...]   # structured attributes (JSON) from the classifier
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     ps = sub.add_parser("push-shards", help="upload data/shards to a URL (s3://bucket/prefix) that shard.read_from "
                         "can name; credentials from the environment")
     ps.add_argument("url")
-    x = sub.add_parser("export-onnx", help="ONNX image and text towers of a trained scenario -> models/<s>/onnx")
+    x = sub.add_parser("export-onnx", help="ONNX image and text towers of a trained scenario -> models/onnx/<s>")
     x.add_argument("scenario")
     r = sub.add_parser("arena-report", help="win rates with 95%% Wilson intervals -> metrics/arena.json")
     r.add_argument("--db", type=Path, default=Path("arena/votes.sqlite"))
@@ -159,7 +159,9 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "export-onnx":
         from catalog_search.serving.onnx_export import export_onnx
 
-        merged, out = Path("models") / args.scenario / "merged", Path("models") / args.scenario / "onnx"
+        from catalog_search.search import encoder_dir
+
+        merged, out = encoder_dir(Path("."), args.scenario, "torch"), encoder_dir(Path("."), args.scenario, "onnx")
         if not merged.exists():
             raise SystemExit(f"catalog-search: no {merged}: run `dvc repro train@{args.scenario}` first")
         try:

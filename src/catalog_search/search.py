@@ -3,7 +3,7 @@
 The index is the scenario's serving index (data/serving/<scenario>: every clean product); the
 arena passes the evaluation split's folder instead (its test captions are embedded there). A
 typed query or a query photo loads the encoder once per process, under a lock, so concurrent
-first queries share one load: PyTorch (the merged checkpoint) or onnxruntime (models/<s>/onnx,
+first queries share one load: PyTorch (the merged checkpoint) or onnxruntime (models/onnx/<s>,
 torch never imported). "More like this" needs no encoder: the product's own vector is indexed.
 Filters also match attribute values the classifier (predict_attributes) or the attribute VLM
 (extract_vlm) filled in where the catalog had none.
@@ -22,7 +22,13 @@ from catalog_search.index import IndexMismatch, ProductIndex
 
 # where filters' filled-in attributes come from: predict_attributes' or extract_vlm's output (same shape)
 PREDICTED_ATTRIBUTES = {"classifier": "data/attributes/predictions.jsonl", "vlm": "data/vlm/predictions.jsonl"}
-ENCODER_FOLDERS = {"torch": "merged", "onnx": "onnx"}
+
+
+def encoder_dir(root: Path, scenario: str, kind: str) -> Path:
+    """Where a scenario's query encoder lives: its merged checkpoint (train@<s>'s output), or the
+    ONNX export (`catalog-search export-onnx`), which sits outside that DVC output on purpose:
+    writing into models/<s>/ would make DVC see train@<s> as modified and train it again."""
+    return Path(root) / "models" / scenario / "merged" if kind == "torch" else Path(root) / "models/onnx" / scenario
 
 
 def json_info(folder: Path) -> dict:
@@ -46,7 +52,7 @@ class ScenarioSearch:
             self.index = ProductIndex(folder, build_hint=hint)
         predictions = Path(root) / PREDICTED_ATTRIBUTES[attributes_from]
         self.filled = self.index.fill_attributes(predictions) if predictions.exists() else 0
-        self.model_dir = Path(root) / "models" / scenario / ENCODER_FOLDERS[encoder]
+        self.model_dir = encoder_dir(root, scenario, encoder)
         self._encoder: Any = None
         self._lock = threading.Lock()
         self.row = {pid: i for i, pid in enumerate(self.index.items["product_id"].astype(str))}

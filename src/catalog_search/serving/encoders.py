@@ -164,9 +164,9 @@ class TorchEncoder:
 
 
 def load_encoder(kind: str, model_dir: Path, threads: int | None = None) -> OnnxEncoder | TorchEncoder:
-    """`kind` "onnx" reads models/<scenario>/onnx, "torch" reads models/<scenario>/merged."""
+    """`kind` "onnx" reads models/onnx/<scenario>, "torch" reads models/<scenario>/merged."""
     model_dir = Path(model_dir)
-    scenario = model_dir.parent.name
+    scenario = model_dir.name if kind == "onnx" else model_dir.parent.name
     if kind == "onnx":
         needed, make = ENCODER_JSON, f"`catalog-search export-onnx {scenario}`"
     elif kind == "torch":

@@ -193,13 +193,19 @@ class ProductIndex:
         if self.index.ntotal != len(self.items) or self.index.d != self.info["dim"]:
             raise IndexMismatch(f"{folder}: image.faiss holds {self.index.ntotal} x {self.index.d} but items.parquet/"
                                 f"info.json say {len(self.items)} x {self.info['dim']}; re-run the embed stage")
+        self.row = {pid: i for i, pid in enumerate(self.items["product_id"].astype(str))}  # product id -> FAISS id
 
-    def check_model(self, model_file: Path) -> None:
-        """Refuse to search with a model other than the one that embedded the catalog."""
+    def check_model(self, fingerprint: str, model: Path, rerun: str) -> None:
+        """Refuse to search with a model other than the one that embedded the catalog (`fingerprint`
+        is the query encoder's); `rerun` says what to run instead."""
         expected = self.info.get("model_fingerprint")
-        if expected and file_fingerprint(model_file) != expected:
-            raise IndexMismatch(f"{model_file} is not the model that built {self.folder}/image.faiss; "
-                                f"re-run `dvc repro embed@{self.folder.name}`")
+        if expected and fingerprint != expected:
+            raise IndexMismatch(f"{model} is not the model that built {self.folder}; re-run {rerun}")
+
+    def check_filters(self, where: dict[str, str]) -> None:
+        for column in where:
+            if column not in self.filterable:
+                raise ValueError(f"filter {column}=...: no attribute {column!r}; filterable: {self.filterable}")
 
     def fill_attributes(self, predictions: Path) -> int:
         """fill_attributes on this index's product table; returns how many values were filled."""
@@ -221,10 +227,9 @@ class ProductIndex:
         """Row ids whose attributes match every `column=value` (case-insensitive); None = no filter."""
         if not where:
             return None
+        self.check_filters(where)
         mask = np.ones(len(self.items), bool)
         for column, value in where.items():
-            if column not in self.filterable:
-                raise ValueError(f"filter {column}=...: no attribute {column!r}; filterable: {self.filterable}")
             mask &= self.items[column].astype("string").str.lower().eq(value.lower()).fillna(False).to_numpy()
         return np.flatnonzero(mask)
 

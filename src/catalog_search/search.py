@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from catalog_search.index import IndexMismatch, ProductIndex
+from catalog_search.index import ProductIndex
 
 # where filters' filled-in attributes come from: predict_attributes' or extract_vlm's output (same shape)
 PREDICTED_ATTRIBUTES = {"classifier": "data/attributes/predictions.jsonl", "vlm": "data/vlm/predictions.jsonl"}
@@ -55,7 +55,6 @@ class ScenarioSearch:
         self.model_dir = encoder_dir(root, scenario, encoder)
         self._encoder: Any = None
         self._lock = threading.Lock()
-        self.row = {pid: i for i, pid in enumerate(self.index.items["product_id"].astype(str))}
 
     @property
     def encoder(self) -> Any:
@@ -66,13 +65,10 @@ class ScenarioSearch:
                     from catalog_search.serving.encoders import load_encoder
 
                     encoder = load_encoder(self.encoder_kind, self.model_dir, self.threads)
-                    expected = self.index.info.get("model_fingerprint")
-                    if expected and encoder.fingerprint != expected:
-                        stage = "embed" if self.index.folder.parent.name == "embeddings" else "serve_index"
-                        raise IndexMismatch(f"{self.model_dir} is not the model that built {self.index.folder}; "
-                                            f"re-run `dvc repro {stage}@{self.scenario}`"
-                                            + (f" and `catalog-search export-onnx {self.scenario}`"
-                                               if self.encoder_kind == "onnx" else ""))
+                    stage = "embed" if self.index.folder.parent.name == "embeddings" else "serve_index"
+                    self.index.check_model(encoder.fingerprint, self.model_dir, f"`dvc repro {stage}@{self.scenario}`"
+                                           + (f" and `catalog-search export-onnx {self.scenario}`"
+                                              if self.encoder_kind == "onnx" else ""))
                     self._encoder = encoder
         return self._encoder
 
@@ -97,7 +93,7 @@ class ScenarioSearch:
 
     def similar(self, product_id: str, k: int, where: dict[str, str] | None = None) -> list[dict]:
         """Products nearest to `product_id`'s own vector, itself left out ("more like this")."""
-        row = self.row[product_id]  # KeyError: unknown product
+        row = self.index.row[product_id]  # KeyError: unknown product
         hits = self.index.query(np.asarray(self.index.images[row: row + 1]), k + 1, where)[0]
         hits = [h for h in hits if h["product_id"] != product_id][:k]
         return [{**h, "rank": r + 1} for r, h in enumerate(hits)]

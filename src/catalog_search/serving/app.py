@@ -89,7 +89,7 @@ def create_app(root: Path, cfg: ServeParams, arena: tuple[str, str] | None = Non
         return where
 
     def answer(e: ScenarioSearch, hits: list[dict], query: dict) -> dict:
-        results = [{**h, **e.index.product(e.row[h["product_id"]]), "image_url": f"/images/{h['product_id']}"}
+        results = [{**h, **e.index.product(e.index.row[h["product_id"]]), "image_url": f"/images/{h['product_id']}"}
                    for h in hits]
         return {"scenario": e.scenario, "query": query, "results": results}
 
@@ -128,16 +128,16 @@ def create_app(root: Path, cfg: ServeParams, arena: tuple[str, str] | None = Non
     def similar(product_id: str, k: int = K, scenario: str | None = None, filter: list[str] = FILTERS) -> dict:
         """More like this: the products nearest to this one's picture."""
         e = engine(scenario)
-        if product_id not in e.row:
+        if product_id not in e.index.row:
             raise HTTPException(404, f"no product {product_id[:80]!r} in the {e.scenario} index")
         return answer(e, e.similar(product_id, k, parse_filters(e, filter)), {"like": product_id})
 
     @app.get("/api/products/{product_id}")
     def product(product_id: str, scenario: str | None = None) -> dict:
         e = engine(scenario)
-        if product_id not in e.row:
+        if product_id not in e.index.row:
             raise HTTPException(404, f"no product {product_id[:80]!r} in the {e.scenario} index")
-        return {**e.index.product(e.row[product_id]), "image_url": f"/images/{product_id}"}
+        return {**e.index.product(e.index.row[product_id]), "image_url": f"/images/{product_id}"}
 
     @app.get("/api/facets")
     def facets(scenario: str | None = None, top: int = Query(12, ge=1, le=100)) -> dict:

@@ -59,11 +59,11 @@ def content_key(content: bytes) -> str:
 
 def in_batches(encode: Callable[[list[bytes]], np.ndarray], contents: Sequence[Callable[[], bytes]], batch_size: int,
                what: str) -> Callable[[list[int]], np.ndarray]:
-    """The local engine: rows encoded `batch_size` at a time in this process."""
+    """The local engine: rows (never none: refresh asks only when some are missing) encoded
+    `batch_size` at a time in this process."""
     def encode_rows(rows: list[int]) -> np.ndarray:
-        parts = [encode([contents[i]() for i in rows[start:start + batch_size]])
-                 for start in tqdm(range(0, len(rows), batch_size), desc=f"embed {what}", mininterval=10)]
-        return np.concatenate(parts) if parts else np.zeros((0, 1), np.float32)
+        return np.concatenate([encode([contents[i]() for i in rows[start:start + batch_size]])
+                               for start in tqdm(range(0, len(rows), batch_size), desc=f"embed {what}", mininterval=10)])
     return encode_rows
 
 
@@ -83,7 +83,8 @@ def refresh(contents: Sequence[Callable[[], bytes]], encode_rows: Callable[[list
     if todo:
         for i, vector in zip(todo, encode_rows(todo)):
             cache.vectors[keys[i]] = np.asarray(vector, np.float32)
-    dropped = cache.save(set(keys))
+    keep = set(keys)  # an unchanged catalog leaves the cache file as it is (1M vectors are ~1 GB to rewrite)
+    dropped = cache.save(keep) if todo or set(cache.vectors) - keep else 0
     vectors = np.stack([cache.vectors[k] for k in keys]) if keys else np.zeros((0, 1), np.float32)
     return vectors, keys, {"products": len(keys), "embedded": len(todo), "reused": len(keys) - len(todo),
                            "dropped": dropped}

@@ -129,38 +129,51 @@ class OnnxEncoder:
 
 
 class TorchEncoder:
-    """The merged open_clip model itself (any architecture, any tokenizer); torch is imported here only."""
+    """The merged open_clip model itself (any architecture, any tokenizer); torch is imported here only.
+
+    The model loads with the first encode, not here: a serve_index re-run whose vectors are all
+    cached, or a Ray driver whose actors do the encoding, needs only the fingerprint."""
 
     def __init__(self, merged_dir: Path, threads: int | None = None):
-        import open_clip
-        import torch
-
         from catalog_search.index import file_fingerprint
 
-        if threads:
-            torch.set_num_threads(threads)  # process-wide: torch has no per-model setting
-        merged_dir = Path(merged_dir)
-        name = f"local-dir:{merged_dir}"
-        model, _, self._preprocess = open_clip.create_model_and_transforms(name)
-        self._model, self._tokenizer, self._torch = model.eval(), open_clip.get_tokenizer(name), torch
-        self.fingerprint = file_fingerprint(merged_dir / "open_clip_model.safetensors")
-        self.dim = int(read_json(merged_dir / "open_clip_config.json")["model_cfg"]["embed_dim"])
+        self.merged_dir, self.threads = Path(merged_dir), threads
+        self.fingerprint = file_fingerprint(self.merged_dir / "open_clip_model.safetensors")
+        self.dim = int(read_json(self.merged_dir / "open_clip_config.json")["model_cfg"]["embed_dim"])
+        self._loaded: tuple | None = None
         self._lock = threading.Lock()
 
-    def _run(self, fn, x) -> np.ndarray:
-        with self._lock, self._torch.no_grad():
-            return fn(x, normalize=True).float().numpy()
+    def _load(self) -> tuple:
+        """(model, preprocess, tokenizer, torch), loaded once; call with the lock held. The lock also
+        serialises the model calls; preprocessing and tokenising run outside it."""
+        if self._loaded is None:
+            import open_clip
+            import torch
+
+            if self.threads:
+                torch.set_num_threads(self.threads)  # process-wide: torch has no per-model setting
+            name = f"local-dir:{self.merged_dir}"
+            model, _, preprocess = open_clip.create_model_and_transforms(name)
+            self._loaded = model.eval(), preprocess, open_clip.get_tokenizer(name), torch
+        return self._loaded
 
     def encode_text(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        return self._run(self._model.encode_text, self._tokenizer(texts))
+        with self._lock:
+            model, _, tokenizer, torch = self._load()
+        tokens = tokenizer(texts)
+        with self._lock, torch.no_grad():
+            return model.encode_text(tokens, normalize=True).float().numpy()
 
     def encode_image(self, images: list[Image.Image]) -> np.ndarray:
         if not images:
             return np.zeros((0, self.dim), np.float32)
-        return self._run(self._model.encode_image,
-                         self._torch.stack([self._preprocess(im.convert("RGB")) for im in images]))
+        with self._lock:
+            model, preprocess, _, torch = self._load()
+        pixels = torch.stack([preprocess(im.convert("RGB")) for im in images])  # outside the lock, as tokenising
+        with self._lock, torch.no_grad():
+            return model.encode_image(pixels, normalize=True).float().numpy()
 
 
 def load_encoder(kind: str, model_dir: Path, threads: int | None = None) -> OnnxEncoder | TorchEncoder:

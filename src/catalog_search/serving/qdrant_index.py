@@ -79,15 +79,12 @@ class QdrantIndex(ProductIndex):
         super().__init__(folder, build_hint)
         self.collection = collection or self.info.get("qdrant_collection") or Path(folder).name
         self.client = client_for(Path(folder) / "qdrant", url)
-        self.row = {pid: i for i, pid in enumerate(self.items["product_id"].astype(str))}
 
     def query(self, vectors: np.ndarray, k: int, where: dict[str, str] | None = None) -> list[list[dict]]:
         """Ranked products per query vector, exact search, attribute filters as Qdrant filters."""
         from qdrant_client import models
 
-        for column in where or {}:
-            if column not in self.filterable:
-                raise ValueError(f"filter {column}=...: no attribute {column!r}; filterable: {self.filterable}")
+        self.check_filters(where or {})
         condition = models.Filter(must=[models.FieldCondition(key=c, match=models.MatchValue(value=v.lower()))
                                         for c, v in (where or {}).items()]) if where else None
         requests = [models.QueryRequest(query=np.asarray(v, np.float32).tolist(), limit=k, filter=condition,

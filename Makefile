@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run test test-slow bench real-catalog
+.PHONY: setup run test test-slow bench real-catalog real-catalog-recipes
 
 setup: $(STAMP) $(FMNIST)
 
@@ -43,6 +43,10 @@ run: setup
 # The real catalog (../shared/datasets/fashion-product-images-small): sweep, seeds, results/fashion-product-images/
 real-catalog: setup
 	$(BIN)/catalog-search run-catalog runs/fashion-product-images.yaml
+
+# Its recipes (multi-positive targets, hard negatives, WiSE-FT) vs the plain one: results/fashion-product-images/recipes.json
+real-catalog-recipes: setup
+	$(BIN)/catalog-search run-recipes runs/fashion-product-images.yaml
 
 test: setup $(CHROMIUM)
 	$(BIN)/pytest

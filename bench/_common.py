@@ -62,5 +62,5 @@ def train_cfg(**overrides) -> dict:
            "weight_decay": 0.1, "warmup_fraction": 0.0, "grad_clip": 1.0, "seed": 0, "max_steps": None,
            "eval_every": 0, "early_stopping": {"metric": "text_to_image_R@10", "patience": 0, "min_delta": 0.0},
            "checkpoint_every": 10**9, "precision": "auto", "feature_cache": True, "workers": 0, "nproc": 1,
-           "lora": LORA}
+           "positives": "pair", "hard_negatives": {"share": 0.0, "ranks": [10, 100], "cluster": 4}, "lora": LORA}
     return {**cfg, **overrides}

@@ -1,4 +1,6 @@
 """The gradient cache gives the one-big-batch loss and gradients, for both losses, LoRA and full."""
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
@@ -15,9 +17,11 @@ from catalog_search.training.trainer import contrastive_loss, logit_args, set_tr
 CPU = torch.device("cpu")
 
 
-@pytest.mark.parametrize("scenario, loss", [("dual_lora", "infonce"), ("dual_lora", "siglip"),
-                                            ("full", "infonce"), ("full", "siglip"), ("vision_lora", "infonce")])
-def test_gradient_cache_equals_one_big_batch(demo_shards, scenario, loss):
+@pytest.mark.parametrize("scenario, loss, positives", [
+    ("dual_lora", "infonce", "pair"), ("dual_lora", "siglip", "pair"), ("full", "infonce", "pair"),
+    ("full", "siglip", "pair"), ("vision_lora", "infonce", "pair"),
+    ("dual_lora", "infonce", "caption_group"), ("dual_lora", "siglip", "caption_group")])
+def test_gradient_cache_equals_one_big_batch(demo_shards, scenario, loss, positives):
     torch.manual_seed(0)
     bundle = create_model("tiny", "none", loss=loss)
     # LoRA dropout 0: micro-batches draw their masks in other calls than one big batch would
@@ -32,12 +36,15 @@ def test_gradient_cache_equals_one_big_batch(demo_shards, scenario, loss):
     enc = SplitEncoder(bundle.model, bundle.preprocess, bundle.tokenizer, load_split(demo_shards[0], "train")[:32],
                        frozen, CPU, 8)
     idx = list(range(32))
-    image, text = enc.inputs("image", idx), enc.inputs("text", enc.sample_captions(idx, np.random.default_rng(0)))
+    captions = enc.sample_captions(idx, np.random.default_rng(0))
+    image, text = enc.inputs("image", idx), enc.inputs("text", captions)
+    matrix = None if positives == "pair" else torch.from_numpy(enc.positives(np.array(idx), np.array(captions), positives))
+    assert matrix is None or matrix.sum() > 32  # the demo repeats captions: positives off the diagonal
     params = {n: p for n, p in bundle.model.named_parameters() if p.requires_grad}
 
     def step(micro):
         bundle.model.zero_grad(set_to_none=True)
-        value = contrastive_step(enc, image, text, contrastive_loss(loss, World()), logit_args(bundle.model, loss),
+        value = contrastive_step(enc, image, text, partial(contrastive_loss(loss, World()), positives=matrix), logit_args(bundle.model, loss),
                                  micro, lambda l: l.backward(), lambda: autocast(CPU))
         return value, {n: p.grad.clone() for n, p in params.items()}
 

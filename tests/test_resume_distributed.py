@@ -45,10 +45,14 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(shards, tmp_path):
     assert again["val"] == expected["val"]
 
 
-@pytest.mark.parametrize("loss", ["infonce", "siglip"])
-def test_two_processes_match_one_on_the_same_global_batch(shards, tmp_path, loss):
-    # no clipping, and gradient norms compared: AdamW alone would hide a wrongly scaled gradient
-    cfg = config(loss=loss, max_steps=6, micro_batch_size=2, grad_clip=0.0, lora={**config()["lora"], "dropout": 0.0})
+@pytest.mark.parametrize("loss, recipe", [("infonce", "plain"), ("siglip", "plain"), ("infonce", "levers"),
+                                          ("siglip", "levers")])
+def test_two_processes_match_one_on_the_same_global_batch(shards, tmp_path, loss, recipe):
+    # no clipping, and gradient norms compared: AdamW alone would hide a wrongly scaled gradient.
+    # levers: multi-positive targets across the ranks' gathered features, hard-negative batches mined on both ranks
+    levers = {"positives": "caption_group", "hard_negatives": {"share": 0.5, "ranks": [2, 12], "cluster": 4}}
+    cfg = config(loss=loss, max_steps=6, micro_batch_size=2, grad_clip=0.0, lora={**config()["lora"], "dropout": 0.0},
+                 **(levers if recipe == "levers" else {}))
     single, single_state, _ = run(shards, cfg)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(SCRIPT),
            str(shards), str(tmp_path), "--cfg", json.dumps(cfg)]

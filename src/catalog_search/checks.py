@@ -13,7 +13,7 @@ from catalog_search.cleaning.openai_batch import ATTRIBUTE_FIELDS
 from catalog_search.evaluation import SCORES
 from catalog_search.index import INDEX_KINDS
 from catalog_search.models import open_clip_architectures, project_configs
-from catalog_search.models.scenarios import LOSSES, PRECISIONS, SCENARIOS, scenario_config
+from catalog_search.models.scenarios import LOSSES, POSITIVES, PRECISIONS, SCENARIOS, scenario_config
 from catalog_search.params import ParamsError, check_choice
 from catalog_search.serving.config import serve_params
 from catalog_search.sources import READERS
@@ -111,6 +111,18 @@ def _check_train(name: str, cfg: dict) -> None:
     """One scenario's merged training config (train.defaults + train.<name>)."""
     check_choice(f"train.{name}.loss", cfg["loss"], LOSSES)
     check_choice(f"train.{name}.precision", cfg["precision"], PRECISIONS)
+    check_choice(f"train.{name}.positives", cfg["positives"], POSITIVES)
+    hard = cfg["hard_negatives"]
+    if not isinstance(hard["share"], (int, float)) or not 0 <= hard["share"] <= 1:
+        raise ParamsError(f"params.yaml: train.{name}.hard_negatives.share={hard['share']!r} must be between 0 "
+                          "(random batches) and 1 (all of each batch in mined clusters)")
+    lo, hi = (list(hard["ranks"]) + [None, None])[:2] if isinstance(hard["ranks"], list) else (None, None)
+    if not (isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi) or len(hard["ranks"]) != 2:
+        raise ParamsError(f"params.yaml: train.{name}.hard_negatives.ranks={hard['ranks']!r} must be [first, last] "
+                          "with 1 <= first <= last: the rank range of the mined neighbours (e.g. [10, 100])")
+    if not isinstance(hard["cluster"], int) or hard["cluster"] < 2:
+        raise ParamsError(f"params.yaml: train.{name}.hard_negatives.cluster={hard['cluster']!r} must be an "
+                          "integer >= 2 (a seed product and at least one mined neighbour)")
     check_choice(f"train.{name}.early_stopping.metric", cfg["early_stopping"]["metric"], SCORES)
     micro = cfg["micro_batch_size"]
     if micro is not None and not 1 <= micro <= cfg["batch_size"]:

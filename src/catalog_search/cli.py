@@ -12,6 +12,7 @@
     catalog-search clean prepare [--dry-run] | dispatch | monitor [--wait] | finalize | cancel
                                                     # clean.backend openai_batch, by hand over hours
     catalog-search run-catalog runs/fashion-product-images.yaml   # another catalog: sweep, seeds -> results/
+    catalog-search run-recipes runs/fashion-product-images.yaml   # its recipes vs the plain one -> results/
 
 Run it in the project folder after `dvc repro`: it reads params.yaml, models/ and data/.
 """
@@ -129,6 +130,9 @@ def main(argv: list[str] | None = None) -> None:
     rc = sub.add_parser("run-catalog", help="the graph on another catalog with a fair tuning sweep and seeds, "
                         "in a clone under .runs/ -> results/<name>/")
     rc.add_argument("run_file", type=Path, help="e.g. runs/fashion-product-images.yaml")
+    rr = sub.add_parser("run-recipes", help="the run file's recipes (levers) against the plain one, with seeds and "
+                        "paired intervals, in the run-catalog clone -> its recipes.results")
+    rr.add_argument("run_file", type=Path, help="e.g. runs/fashion-product-images.yaml")
     c = sub.add_parser("clean", help="VLM cleaning through the OpenAI Batch API, one step at a time "
                                      "(clean.backend: openai_batch; `dvc repro clean` runs every step)")
     c.add_argument("step", choices=["prepare", "dispatch", "monitor", "finalize", "cancel"])
@@ -137,12 +141,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "clean":
         sys.exit(clean_step(args))
-    if args.command == "run-catalog":
-        from catalog_search.runs import run_catalog
-
+    if args.command in ("run-catalog", "run-recipes"):
         if not args.run_file.exists():
             raise SystemExit(f"catalog-search: run file {args.run_file} not found (e.g. runs/fashion-product-images.yaml)")
-        run_catalog(args.run_file)
+        if args.command == "run-catalog":
+            from catalog_search.runs import run_catalog
+
+            run_catalog(args.run_file)
+        else:
+            from catalog_search.recipes import run_recipes
+
+            run_recipes(args.run_file)
         return
     if args.command == "attributes":
         for row in image_attributes(args.images, args.model):

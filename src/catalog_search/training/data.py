@@ -84,6 +84,9 @@ class SplitEncoder:
         self.device, self.batch_size, self.world, self.workers = device, batch_size, world, workers
         self.images = [s["image"] for s in samples]
         self.texts, self.image_to_text, self.text_to_image = caption_positives([s["captions"] for s in samples])
+        # variants and near-duplicate photos share a group (clean's dedupe); a product without one is its own
+        self.groups = np.unique([str(s.get("group_id") or s.get("product_id") or i) for i, s in enumerate(samples)],
+                                return_inverse=True)[1]
         self.towers = find_towers(model)
         # BERT-family towers pool with the attention mask, so trailing all-pad columns change
         # nothing and cost most of the compute (open_clip pads every text to context_length).
@@ -153,11 +156,32 @@ class SplitEncoder:
         ptr, ind = self.image_to_text.indptr, self.image_to_text.indices
         return [int(ind[rng.integers(ptr[i], ptr[i + 1])]) for i in idx]
 
+    def positives(self, rows: np.ndarray, captions: np.ndarray, by: str) -> np.ndarray:
+        """Which captions of a batch match which of its images (bool, rows x captions): a caption
+        whose text is one of the image's captions (`by` "caption"), or also one of the same group
+        ("caption_group"). Its own caption always matches; the contrastive loss's positives."""
+        ptr, ind = self.image_to_text.indptr, self.image_to_text.indices
+        mine = np.concatenate([ind[ptr[r]:ptr[r + 1]] for r in rows])  # every caption of every row ...
+        owner = np.repeat(np.arange(len(rows)), ptr[rows + 1] - ptr[rows])  # ... and its row in the batch
+        order = np.argsort(captions, kind="stable")
+        lo, hi = (np.searchsorted(captions[order], mine, side) for side in ("left", "right"))
+        out = np.zeros((len(rows), len(captions)), bool)
+        for k in np.flatnonzero(hi > lo):  # only the captions some column carries
+            out[owner[k], order[lo[k]:hi[k]]] = True
+        if by == "caption_group":
+            out |= self.groups[rows][:, None] == self.groups[rows][None, :]
+        return out
+
     @torch.no_grad()
     def embed_all(self, tower: str) -> np.ndarray:
-        n = len(self.images) if tower == "image" else len(self.texts)
-        part = self.world.split(n)
-        batches = [list(range(s, min(s + self.batch_size, part.stop))) for s in range(part.start, part.stop, self.batch_size)]
+        return self.embed_rows(tower, np.arange(len(self.images) if tower == "image" else len(self.texts)))
+
+    @torch.no_grad()
+    def embed_rows(self, tower: str, rows: np.ndarray) -> np.ndarray:
+        """Embeddings of `rows` of a tower's items; under data parallelism each rank embeds its part
+        and every rank gets all of them, identical."""
+        part = self.world.split(len(rows))
+        batches = [rows[s:min(s + self.batch_size, part.stop)].tolist() for s in range(part.start, part.stop, self.batch_size)]
         plan = [(b, None) if tower == "image" else (None, b) for b in batches]
         parts = [self.embed_inputs(tower, x if tower == "image" else y).float() for x, y in self.load(plan)]
-        return gather_rows(torch.cat(parts).cpu(), n, self.world).numpy()
+        return gather_rows(torch.cat(parts).cpu(), len(rows), self.world).numpy()

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import math
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.nn as nn
-from open_clip.loss import ClipLoss, SigLipLoss
 from open_clip_train.scheduler import cosine_lr
 
 from catalog_search.evaluation import normalise, retrieval_metrics
@@ -29,6 +29,8 @@ from catalog_search.training import checkpoint
 from catalog_search.training.data import SplitEncoder
 from catalog_search.training.distributed import World, average_gradients, mean
 from catalog_search.training.gradcache import contrastive_step
+from catalog_search.training.losses import MultiPositiveClipLoss, MultiPositiveSigLipLoss
+from catalog_search.training.mining import hard_batches, mine
 
 
 def set_train_mode(model: nn.Module, scenario: Scenario) -> None:
@@ -76,8 +78,13 @@ def _log(live, record: dict[str, Any]) -> None:
     live.next_step()
 
 
-def _plan(n: int, bs: int, steps_per_epoch: int, enc: SplitEncoder, rng: np.random.Generator):
-    """One epoch's batches of image rows and their sampled captions (caption augmentation)."""
+def _plan(n: int, bs: int, steps_per_epoch: int, enc: SplitEncoder, rng: np.random.Generator,
+          neighbours: list[np.ndarray] | None, hard: dict[str, Any]):
+    """One epoch's batches of image rows and their sampled captions (caption augmentation); with
+    mined `neighbours`, hard-negative batches."""
+    if neighbours is not None:
+        batches = hard_batches(neighbours, n, bs, steps_per_epoch, hard, rng)
+        return batches, [np.asarray(enc.sample_captions(b, rng)) for b in batches]
     order = rng.permutation(n)
     captions = np.asarray(enc.sample_captions(order, rng))
     return ([order[k * bs:(k + 1) * bs] for k in range(steps_per_epoch)],
@@ -85,10 +92,11 @@ def _plan(n: int, bs: int, steps_per_epoch: int, enc: SplitEncoder, rng: np.rand
 
 
 def contrastive_loss(name: str, world: World) -> nn.Module:
-    """open_clip's losses; across ranks the features are gathered with their gradients."""
+    """open_clip's losses, taking a batch's positives matrix (none: open_clip's own); across ranks
+    the features are gathered with their gradients."""
     if name == "infonce":
-        return ClipLoss(gather_with_grad=True, cache_labels=True, rank=world.rank, world_size=world.size)
-    return SigLipLoss(rank=world.rank, world_size=world.size)
+        return MultiPositiveClipLoss(rank=world.rank, world_size=world.size)
+    return MultiPositiveSigLipLoss(rank=world.rank, world_size=world.size)
 
 
 def logit_args(model: nn.Module, loss: str) -> Callable[[], list[torch.Tensor]]:
@@ -134,6 +142,13 @@ def train(bundle: ModelBundle, scenario: Scenario, train_samples: list[dict], va
     stop_cfg = cfg["early_stopping"]
     eval_every = cfg["eval_every"] or steps_per_epoch
 
+    hard, neighbours = cfg["hard_negatives"], None
+    if hard["share"] > 0:  # mined with the starting weights (the zero-shot model), before any checkpoint loads
+        with autocast(device, precision), eval_mode(model):
+            neighbours = mine(train_enc, tuple(hard["ranks"]))
+        if world.is_main:
+            print(f"hard negatives: {sum(map(len, neighbours)) / n:.0f} mined neighbours per product", flush=True)
+
     rng = np.random.default_rng(cfg["seed"])
     step, history, best, since_best, best_state = 0, [], None, 0, None
     fingerprint = checkpoint.fingerprint(cfg, {"model": bundle.name, "n_train": n, "n_val": len(val_samples),
@@ -165,17 +180,20 @@ def train(bundle: ModelBundle, scenario: Scenario, train_samples: list[dict], va
     while not stopped:
         epoch, first = divmod(step, steps_per_epoch)
         epoch_rng = rng.bit_generator.state
-        batches, captions = _plan(n, bs, steps_per_epoch, train_enc, rng)
+        batches, captions = _plan(n, bs, steps_per_epoch, train_enc, rng, neighbours, hard)
         last = min(steps_per_epoch, first + total - step)
         local = world.split(bs)
         inputs = train_enc.load([(b[local], c[local]) for b, c in zip(batches[first:last], captions[first:last])])
         set_train_mode(model, scenario)
-        for _ in range(first, last):
+        for k in range(first, last):
             began = time.perf_counter()
             lr = scheduler(step)
             image_x, text_x = next(inputs)
             optimizer.zero_grad(set_to_none=True)
-            loss = contrastive_step(train_enc, image_x, text_x, loss_fn, logit_args(model, cfg["loss"]), micro,
+            positives = None if cfg["positives"] == "pair" else \
+                torch.from_numpy(train_enc.positives(batches[k], captions[k], cfg["positives"]))
+            loss = contrastive_step(train_enc, image_x, text_x, partial(loss_fn, positives=positives),
+                                    logit_args(model, cfg["loss"]), micro,
                                     lambda l: scaler.scale(l).backward(), lambda: autocast(device, precision))
             average_gradients(params, world)
             scaler.unscale_(optimizer)

@@ -1,0 +1,122 @@
+"""Recipes against the plain one on a real catalog: `catalog-search run-recipes runs/<name>.yaml`.
+
+Each variant of the run file's `recipes` section (a set of `train.<scenario>` overrides: the
+levers) is trained with every seed in the clone `run-catalog` uses (`.runs/<name>/`, its data
+stages shared), one `dvc exp run` per (variant, seed), at the learning rate and epochs the sweep
+chose. Every run sets every lever key, so nothing leaks from one variant into the next. Each
+variant is compared with the plain recipe on the same test queries: per-query scores averaged
+over seeds, then the paired bootstrap interval and sign-flip p of the report; "beyond noise" as
+there. The seed-to-seed spread and, for the variants named in `wise_ft`, WiSE-FT's alpha curve
+are added. Written to the run file's `recipes.results` (committed); re-running resumes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from catalog_search.evaluation import paired_difference
+from catalog_search.io import read_json, write_json
+from catalog_search.report import ALPHA, per_query
+from catalog_search.runs import _clone, _run, set_dotted
+
+METRICS = ["title_to_image_R@1", "title_to_image_R@10", "attribute_P@1", "attribute_P@10", "title_to_image_mrr"]
+STASHED = ["metrics/eval/{s}.json", "metrics/train/{s}.json", "data/eval/{s}.npz", "metrics/wise_ft/{s}.json"]
+
+
+def _get(params: dict, dotted: str):
+    for part in dotted.split("."):
+        params = params[part]
+    return params
+
+
+def _stash(work: Path, point: Path, s: str) -> None:
+    tmp = point.with_name(point.name + ".partial")
+    for pattern in STASHED:
+        src = work / pattern.format(s=s)
+        if src.exists():
+            (tmp / pattern.format(s=s)).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / pattern.format(s=s)).write_bytes(src.read_bytes())
+    tmp.rename(point)
+
+
+def compare(variant: list[dict], plain: list[dict], n: int, seed: int) -> dict:
+    """Paired differences on the same queries, per-query scores averaged over seeds first."""
+    out = {}
+    for m in METRICS:
+        a = np.mean([per_query(s, m) for s in variant], axis=0)
+        b = np.mean([per_query(s, m) for s in plain], axis=0)
+        d = paired_difference(a, b, n, seed)
+        out[m] = {**d, "beyond_noise": bool(d["p"] < ALPHA and (d["ci95"][0] > 0 or d["ci95"][1] < 0))}
+    return out
+
+
+def run_recipes(run_file: Path, root: Path = Path(".")) -> dict:
+    started = time.time()
+    root, spec = root.resolve(), yaml.safe_load(run_file.read_text())
+    name, r = spec["name"], spec["recipes"]
+    s, work = r["scenario"], root / ".runs" / name
+    stashes, log = root / ".runs" / f"{name}.recipes", root / ".runs" / f"{name}.log"
+    stashes.mkdir(parents=True, exist_ok=True)
+    commit = _clone(root, work, log)
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    for key, value in {**spec["set"], "train.scenarios": ["zero_shot", s]}.items():
+        set_dotted(params, key, value)
+    data_path = Path(params["data"]["path"])
+    params["data"]["path"] = str(data_path if data_path.is_absolute() else (root / data_path).resolve())
+    params["train"][s] = {**(params["train"].get(s) or {}), "epochs": spec["sweep"]["epochs"], "lr": r["lr"]}
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(["git", "commit", "-q", "--allow-empty", "-am", f"recipes {name}: params"], work, log)
+
+    base = {**params["train"]["defaults"], **params["train"][s]}
+    levers = sorted({k for v in r["variants"].values() for k in v})  # every run sets all of them
+    for variant, overrides in r["variants"].items():
+        for seed in r["seeds"]:
+            point = stashes / f"{variant}-seed{seed}"
+            if point.exists():
+                continue
+            values = {k: overrides.get(k, _get(base, k)) for k in levers}
+            sets = [f"++train.{s}.seed={seed}", *(f"++train.{s}.{k}={json.dumps(v)}" for k, v in values.items())]
+            targets = [f"evaluate@{s}", *([f"wise_ft@{s}"] if variant in r.get("wise_ft", []) and seed == r["seeds"][0] else [])]
+            _run(["dvc", "exp", "run", *[a for x in sets for a in ("-S", x)], *targets], work, log)
+            _stash(work, point, s)
+
+    def load(variant: str, what: str) -> list:
+        pattern = {"npz": f"data/eval/{s}.npz", "eval": f"metrics/eval/{s}.json", "train": f"metrics/train/{s}.json"}[what]
+        paths = [stashes / f"{variant}-seed{k}" / pattern for k in r["seeds"]]
+        return [dict(np.load(p)) if what == "npz" else read_json(p) for p in paths]
+
+    n, boot_seed = params["evaluate"]["bootstrap"], params["evaluate"]["seed"]
+    plain = load("plain", "npz")
+    out = {"scenario": s, "lr": r["lr"], "epochs": spec["sweep"]["epochs"], "seeds": r["seeds"],
+           "variants": {}, "wise_ft": {}}
+    for variant, overrides in r["variants"].items():
+        evals, trains = load(variant, "eval"), load(variant, "train")
+        row = {"overrides": overrides,
+               "test": {m: {"mean": round(float(np.mean([e[m] for e in evals])), 4),
+                            "seeds": [e[m] for e in evals],
+                            "sd": round(float(np.std([e[m] for e in evals], ddof=1)), 4) if len(evals) > 1 else None}
+                        for m in METRICS},
+               "train_seconds": round(float(np.mean([t["train_seconds"] for t in trains])), 1)}
+        if variant != "plain":
+            row["vs_plain"] = compare(load(variant, "npz"), plain, n, boot_seed)
+        out["variants"][variant] = row
+        curve = stashes / f"{variant}-seed{r['seeds'][0]}" / f"metrics/wise_ft/{s}.json"
+        if curve.exists():
+            out["wise_ft"][variant] = read_json(curve)
+    out["run"] = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": commit,
+                  "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}",
+                  "wall_seconds_this_invocation": round(time.time() - started),
+                  "command": f"catalog-search run-recipes {run_file}",
+                  "paired": "per-query scores averaged over seeds, then a paired bootstrap over the test queries "
+                            f"({n} resamples) and a sign-flip permutation p; beyond noise: p < {ALPHA} and the 95% "
+                            "interval excludes 0"}
+    write_json(root / r["results"], out)
+    print(f"run-recipes {name}: {root / r['results']}")
+    return out

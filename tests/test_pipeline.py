@@ -9,6 +9,7 @@ import sys
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from conftest import ROOT
@@ -57,6 +58,8 @@ def repo(tmp_path_factory):
     params["train"]["scenarios"] = SCENARIOS
     params["train"]["defaults"].update(epochs=1, batch_size=32)
     params["train"]["linear_probe"] = {"epochs": 2, "lr": 0.003}
+    params["wise_ft"].update(alphas=[0.0, 0.5, 1.0], alpha=0.5)
+    params["serve"]["scenarios"] = ["dual_lora", "dual_lora-wise"]
     params["attributes"].update(image_size=32, epochs=1, batch_size=32, head_hidden=32, min_count=2,
                                 lora={"r": 4, "alpha": 8, "dropout": 0.05, "last_blocks": 1})
     params["vlm"].update(language="tiny", image_size=32, train_rows=48, epochs=1, batch_size=16, min_count=2,
@@ -72,7 +75,8 @@ def test_repro_builds_every_stage_output(repo):
     root, log = repo
     assert stages_run(log) == ({"ingest", "clean", "shard", "pretrain", "report", "train_text", "evaluate_text",
                                 "train_attributes", "evaluate_attributes", "predict_attributes",
-                                "train_vlm", "evaluate_vlm", "extract_vlm", "serve_index@dual_lora", "serve_text_index"}
+                                "train_vlm", "evaluate_vlm", "extract_vlm", "serve_index@dual_lora", "serve_text_index",
+                                "wise_ft@dual_lora", "serve_index@dual_lora-wise"}
                                | {f"{s}@{n}" for s in ("train", "embed", "evaluate") for n in SCENARIOS})
     assert json.loads((root / "metrics/clean.json").read_text())["rows_in"] == 160
     manifest = json.loads((root / "data/shards/manifest.json").read_text())
@@ -103,6 +107,30 @@ def test_repro_builds_every_stage_output(repo):
     text = json.loads((root / "metrics/text_embedder.json").read_text())
     assert set(text) == {"base", "tuned", "gain"} and 0 <= text["tuned"]["MRR@10"] <= 1
     assert (root / "models/text_embedder/adapter_model.safetensors").exists()
+
+
+def test_wise_ft_curve_ends_at_zero_shot_and_tuned_and_its_model_serves(repo):
+    from safetensors.torch import load_file
+
+    root, _ = repo
+    wise = json.loads((root / "metrics/wise_ft/dual_lora.json").read_text())
+    assert [c["alpha"] for c in wise["curve"]] == [0.0, 0.5, 1.0] and wise["served_alpha"] == 0.5
+    n = wise["n_test"]
+    for alpha, scenario in ((0.0, "zero_shot"), (1.0, "dual_lora")):  # the endpoints are those models, same protocol
+        point, ev = wise["curve"][int(alpha * 2)], json.loads((root / f"metrics/eval/{scenario}.json").read_text())
+        for key in ("title_to_image_R@1", "title_to_image_R@10", "attribute_P@10"):
+            assert abs(point[key] - ev[key]) <= 1 / n + 1e-9, (scenario, key)
+    assert 0 <= wise["curve"][1]["generic_to_image_R@10"] <= 1 and wise["generic_captions"] > 1
+    assert set(wise["vs_tuned"]) == {"0.0", "0.5"} and "ci95" in wise["vs_tuned"]["0.5"]["title_to_image_R@10"]
+    z = load_file(root / "models/zero_shot/merged/open_clip_model.safetensors")
+    t = load_file(root / "models/dual_lora/merged/open_clip_model.safetensors")
+    w = load_file(root / "models/dual_lora-wise/merged/open_clip_model.safetensors")
+    moved = [k for k in t if t[k].is_floating_point() and not (t[k] == z[k]).all()]
+    assert moved and all(torch.allclose(w[k], (z[k] + t[k]) / 2, atol=1e-6) for k in moved)
+    served = pd.read_parquet(root / "data/serving/dual_lora-wise/items.parquet")
+    assert len(served) == len(pd.read_parquet(root / "data/serving/dual_lora/items.parquet"))
+    out = run(["catalog-search", "search", "red dress", "--scenario", "dual_lora-wise", "-k", "3", "--json"], root)
+    assert len(out.stdout.splitlines()) == 3 and json.loads(out.stdout.splitlines()[0])["product_id"]
 
 
 def test_pretraining_saw_only_train_photos_and_generic_captions(repo):

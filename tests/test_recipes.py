@@ -118,3 +118,16 @@ def test_hard_batches_hold_mined_clusters_and_no_product_twice(mined):
     assert all(np.array_equal(a, b) for a, b in zip(batches, again))  # a resumed epoch re-plans the same batches
     random_only = hard_batches(neighbours, n, 16, 5, {"share": 0.0, "cluster": 4}, np.random.default_rng(0))
     assert all(len(set(b.tolist())) == 16 for b in random_only)
+
+
+def test_wise_ft_interpolates_floats_and_keeps_counters():
+    from catalog_search.models.wise_ft import interpolate
+
+    z = {"w": torch.zeros(2, 2), "bn.num_batches_tracked": torch.tensor(3)}
+    t = {"w": torch.ones(2, 2) * 4, "bn.num_batches_tracked": torch.tensor(7)}
+    mid = interpolate(z, t, 0.25)
+    torch.testing.assert_close(mid["w"], torch.ones(2, 2))
+    assert mid["bn.num_batches_tracked"].item() == 7
+    assert torch.equal(interpolate(z, t, 0.0)["w"], z["w"]) and torch.equal(interpolate(z, t, 1.0)["w"], t["w"])
+    with pytest.raises(ValueError, match="one architecture"):
+        interpolate(z, {"w": t["w"]}, 0.5)

@@ -13,7 +13,7 @@ from catalog_search.cleaning.openai_batch import ATTRIBUTE_FIELDS
 from catalog_search.evaluation import SCORES
 from catalog_search.index import INDEX_KINDS
 from catalog_search.models import open_clip_architectures, project_configs
-from catalog_search.models.scenarios import LOSSES, POSITIVES, PRECISIONS, SCENARIOS, scenario_config
+from catalog_search.models.scenarios import LOSSES, POSITIVES, PRECISIONS, SCENARIOS, scenario_config, wise_ft_params
 from catalog_search.params import ParamsError, check_choice
 from catalog_search.serving.config import serve_params
 from catalog_search.sources import READERS
@@ -48,6 +48,7 @@ def validate(params: dict) -> None:
     for name in train["scenarios"]:
         _check_train(name, scenario_config(train, name))
     check_templates(params["pretrain"]["templates"], params["clean"]["captions"]["templates"])
+    wise_ft_params(params)
     serve_params(params)
     check_choice("embed.index.kind", params["embed"]["index"]["kind"], INDEX_KINDS)
     _check_attributes(params["attributes"])

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from catalog_search.models.scenarios import WISE_SUFFIX
 from catalog_search.params import ParamsError
 
 
@@ -60,15 +61,17 @@ class ServeParams(_Section):
 
 
 def serve_params(params: dict) -> ServeParams:
-    """The typed `serve` section; every scenario it names must be trained (train.scenarios)."""
+    """The typed `serve` section; every model it names must be made: a scenario of train.scenarios, or
+    <scenario>-wise, the WiSE-FT interpolation of one of wise_ft.scenarios."""
     try:
         cfg = ServeParams.model_validate(params["serve"])
     except ValidationError as e:
         err = e.errors()[0]
         key = ".".join(str(part) for part in err["loc"])
         raise ParamsError(f"params.yaml: serve.{key}: {err['msg']} (got {err.get('input')!r})") from None
-    missing = [s for s in cfg.scenarios if s not in params["train"]["scenarios"]]
+    servable = [*params["train"]["scenarios"], *(s + WISE_SUFFIX for s in params["wise_ft"]["scenarios"])]
+    missing = [s for s in cfg.scenarios if s not in servable]
     if missing:
-        raise ParamsError(f"params.yaml: serve.scenarios names {missing}, which train.scenarios does not train; "
-                          f"choose from {params['train']['scenarios']}")
+        raise ParamsError(f"params.yaml: serve.scenarios names {missing}, which neither train.scenarios nor "
+                          f"wise_ft.scenarios makes; choose from {servable}")
     return cfg

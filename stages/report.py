@@ -8,7 +8,7 @@ from pathlib import Path
 
 from catalog_search.io import write_json, write_text
 from catalog_search.params import load_params
-from catalog_search.report import gallery, gallery_queries, markdown, plot_recall, summarise
+from catalog_search.report import gallery, gallery_queries, markdown, plot_recall, summarise, wise_ft_markdown
 from catalog_search.shards import iter_samples
 
 SHARDS = Path("data/shards")
@@ -25,9 +25,10 @@ if __name__ == "__main__":
               "sampled_queries": min(params["evaluate"]["sampled"]["queries"], first["n_images"])}
     summary = summarise(scenarios, Path("metrics/eval"), Path("metrics/train"), Path("data/eval"), counts,
                         params["evaluate"]["bootstrap"], params["evaluate"]["seed"])
-    write_json("metrics/summary.json", summary)
+    curves = {s: json.loads((Path("metrics/wise_ft") / f"{s}.json").read_text()) for s in params["wise_ft"]["scenarios"]}
+    write_json("metrics/summary.json", {**summary, "wise_ft": {s: w["curve"] for s, w in curves.items()}})
     header = f"# Scenario comparison\n\nTest split; {date.today()}; {platform.machine()}, {os.cpu_count()} CPU cores\n"
-    write_text("reports/summary.md", markdown(summary, header))
+    write_text("reports/summary.md", markdown(summary, header) + wise_ft_markdown(curves))
     plot_recall(scenarios, Path("reports/recall_at_k"), Path("reports/recall_at_k.png"))
     samples = list(iter_samples(SHARDS, params["embed"]["split"]))  # the order embed used: row i = image i
     queries = gallery_queries([s.get("subcategory") for s in samples], p["gallery_queries"], p["seed"])

@@ -122,6 +122,8 @@ def test_wise_ft_curve_ends_at_zero_shot_and_tuned_and_its_model_serves(repo):
             assert abs(point[key] - ev[key]) <= 1 / n + 1e-9, (scenario, key)
     assert 0 <= wise["curve"][1]["generic_to_image_R@10"] <= 1 and wise["generic_captions"] > 1
     assert set(wise["vs_tuned"]) == {"0.0", "0.5"} and "ci95" in wise["vs_tuned"]["0.5"]["title_to_image_R@10"]
+    assert "## WiSE-FT: dual_lora interpolated with zero_shot" in (root / "reports/summary.md").read_text()
+    assert json.loads((root / "metrics/summary.json").read_text())["wise_ft"]["dual_lora"] == wise["curve"]
     z = load_file(root / "models/zero_shot/merged/open_clip_model.safetensors")
     t = load_file(root / "models/dual_lora/merged/open_clip_model.safetensors")
     w = load_file(root / "models/dual_lora-wise/merged/open_clip_model.safetensors")

@@ -86,25 +86,23 @@ def mined(demo_shards):
     enc = SplitEncoder(bundle.model, bundle.preprocess, bundle.tokenizer, samples, set(), CPU, 64)
     with autocast(CPU), eval_mode(bundle.model):
         neighbours = mine(enc, (3, 12))
-    return enc, neighbours
+    return enc, neighbours, samples
 
 
 def test_mined_neighbours_are_never_true_positives(mined):
-    enc, neighbours = mined
-    ptr, ind = enc.image_to_text.indptr, enc.image_to_text.indices
+    enc, neighbours, samples = mined
+    titles = [s["captions"][0] for s in samples]
     assert len(neighbours) == len(enc.images)
     assert all(len(nb) <= 10 for nb in neighbours) and np.mean([len(nb) for nb in neighbours]) > 5
-    shared = 0
     for i, nb in enumerate(neighbours):
         assert i not in nb
         for j in nb:
-            assert enc.groups[i] != enc.groups[j]
-            shared += bool(set(ind[ptr[i]:ptr[i + 1]]) & set(ind[ptr[j]:ptr[j + 1]]))
-    assert shared == 0
+            assert enc.groups[i] != enc.groups[j] and titles[i] != titles[j]
+    assert len(set(titles)) < len(titles)  # the demo repeats titles: the guard has work to do
 
 
 def test_hard_batches_hold_mined_clusters_and_no_product_twice(mined):
-    enc, neighbours = mined
+    enc, neighbours, _ = mined
     n, cfg = len(enc.images), {"share": 0.5, "cluster": 4}
     batches = hard_batches(neighbours, n, 16, 20, cfg, np.random.default_rng(0))
     assert len(batches) == 20

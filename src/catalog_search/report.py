@@ -122,6 +122,27 @@ def markdown(summary: dict, header: str = "") -> str:
     return "\n".join(lines + ["", "Reading (headline: title → image R@10):", "", *reading(summary), ""])
 
 
+def wise_ft_markdown(curves: dict[str, dict]) -> str:
+    """WiSE-FT along alpha per scenario: in-domain and retention, each alpha paired with alpha 1."""
+    keys = ["title_to_image_R@1", "title_to_image_R@10", "attribute_P@10", "generic_to_image_R@10"]
+    lines = []
+    for s, w in curves.items():
+        lines += ["", f"## WiSE-FT: {s} interpolated with zero_shot (wise_ft@{s})", "",
+                  "alpha 0 is zero_shot, 1 the tuned model; generic→img: the pretraining captioner's captions of the "
+                  "test photos (retention of what zero-shot was made for). In brackets: the paired difference with "
+                  f"alpha 1 (**bold**: beyond noise). Served as {s}-wise: alpha {w['served_alpha']}.", "",
+                  "| alpha | " + " | ".join(_short(k) for k in keys) + " |", "|---" * (len(keys) + 1) + "|"]
+        for point in w["curve"]:
+            paired = w["vs_tuned"].get(str(point["alpha"]), {})
+            cells = []
+            for k in keys:
+                d = paired.get(k)
+                mark = d and d["p"] < ALPHA and (d["ci95"][0] > 0 or d["ci95"][1] < 0)
+                cells.append(f"{point[k]:.3f}" + (f" ({'**' if mark else ''}{d['diff']:+.3f}{'**' if mark else ''})" if d else ""))
+            lines.append(f"| {point['alpha']:g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines + [""]) if lines else ""
+
+
 def plot_recall(scenarios: list[str], curve_dir: Path, out: Path) -> None:
     import matplotlib
 

@@ -6,8 +6,9 @@ the first step the scenario's starting weights (the zero-shot model for every sc
 trains) embed the train split; FAISS ranks, for each product's first caption (its title), every
 image; the products at ranks `ranks[0]..ranks[1]` are its mined neighbours. The very top is
 skipped on purpose: it holds the unlabelled duplicates a catalog is full of. A guard drops
-neighbours that are true positives of the product: same group, or any caption text in common
-(the same title included).
+neighbours that are true positives of the product: the same title, or the same group (variants,
+near-duplicate photos). Products that merely share an attribute caption ("black shoes") stay:
+they are the hard ones, and the multi-positive loss knows which of their captions match.
 
 A batch is then `share` of clusters (a seed product and `cluster - 1` of its neighbours, drawn at
 random) and the rest random products; no product twice in one batch.
@@ -35,12 +36,11 @@ def mine(enc: SplitEncoder, ranks: tuple[int, int]) -> list[np.ndarray]:
     texts = normalise(enc.embed_rows("text", needed)).astype(np.float32)[at]
     index = faiss.IndexFlatIP(images.shape[1])
     index.add(images)
-    # room for what the guard removes: it drops at most the product's own group and caption-mates
+    # room for what the guard removes: the product's own group and its title's other products
     _, found = index.search(texts, min(n, 2 * ranks[1] + 16))
-    captions = [set(ind[ptr[i]:ptr[i + 1]].tolist()) for i in range(n)]
     out = []
     for i, row in enumerate(found):
-        keep = [j for j in row if j >= 0 and enc.groups[j] != enc.groups[i] and captions[i].isdisjoint(captions[j])]
+        keep = [j for j in row if j >= 0 and enc.groups[j] != enc.groups[i] and first[j] != first[i]]
         out.append(np.asarray(keep[ranks[0] - 1:ranks[1]], np.int64))
     return out
 

@@ -1,4 +1,5 @@
-"""run-catalog for real: a clone of a committed project, a dvc exp per grid point, seeds, results/."""
+"""run-catalog and run-recipes for real: a clone of a committed project, a dvc exp per grid point or
+recipe, seeds, results/."""
 import json
 
 import yaml
@@ -15,6 +16,7 @@ def test_run_catalog_sweeps_on_val_adds_seeds_and_resumes(tmp_path):
     params["pretrain"].update(base="none", caption_size=32, train={"epochs": 1, "lr": 0.003, "batch_size": 32})
     params["train"]["scenarios"] = ["chance", "zero_shot", "linear_probe"]
     params["serve"]["scenarios"] = ["linear_probe"]  # serve only what is trained (validated)
+    params["wise_ft"].update(scenarios=["linear_probe"], alphas=[0.0, 1.0])
     params["train"]["defaults"].update(batch_size=32)
     root = project(tmp_path / "project", params)
     (root / ".gitignore").write_text(".runs/\n")
@@ -22,7 +24,10 @@ def test_run_catalog_sweeps_on_val_adds_seeds_and_resumes(tmp_path):
     (root / "runs/tiny.yaml").write_text(yaml.safe_dump({
         "name": "tiny", "results": "results/tiny", "set": {"data.demo.seed": 3},
         "sweep": {"lr": [0.0001, 0.01], "epochs": 2, "metric": "val_text_to_image_R@10"},
-        "seeds": [1], "seed_scenarios": 1, "target": "report"}))
+        "seeds": [1], "seed_scenarios": 1, "target": "report",
+        "recipes": {"scenario": "linear_probe", "lr": 0.01, "seeds": [0],
+                    "variants": {"levers": {"positives": "caption", "hard_negatives.share": 0.5}, "plain": {}},
+                    "wise_ft": ["plain"], "results": "results/tiny/recipes.json"}}))
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-qm", "project"], root)
 
@@ -48,3 +53,20 @@ def test_run_catalog_sweeps_on_val_adds_seeds_and_resumes(tmp_path):
 
     again = run(["catalog-search", "run-catalog", "runs/tiny.yaml"], root)  # finished points are not re-run
     assert "dvc exp run" not in again.stdout
+
+    # the recipes in the same clone: one dvc exp per (variant, seed), every lever key set in every run
+    out = run(["catalog-search", "run-recipes", "runs/tiny.yaml"], root)
+    assert out.stdout.count("dvc exp run") == 2 and "hard_negatives.share=0.0" in out.stdout
+    recipes = json.loads((root / "results/tiny/recipes.json").read_text())
+    plain, levers = recipes["variants"]["plain"], recipes["variants"]["levers"]
+    stash = root / ".runs/tiny.recipes"
+    assert plain["test"]["title_to_image_R@10"]["seeds"] == [
+        json.loads((stash / "plain-seed0/metrics/eval/linear_probe.json").read_text())["title_to_image_R@10"]]
+    d = levers["vs_plain"]["title_to_image_R@10"]
+    assert d["ci95"][0] <= d["diff"] <= d["ci95"][1] and 0 < d["p"] <= 1 and "vs_plain" not in plain
+    losses = [json.loads((stash / f"{v}-seed0/metrics/train/linear_probe.json").read_text())["final_loss"]
+              for v in ("plain", "levers")]
+    assert losses[0] != losses[1]  # the levers changed the training
+    curve = recipes["wise_ft"]["plain"]["curve"]
+    assert [c["alpha"] for c in curve] == [0.0, 1.0] and "levers" not in recipes["wise_ft"]
+    assert "dvc exp run" not in run(["catalog-search", "run-recipes", "runs/tiny.yaml"], root).stdout  # resumes

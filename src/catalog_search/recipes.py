@@ -27,7 +27,8 @@ from catalog_search.report import ALPHA, per_query
 from catalog_search.runs import _clone, _run, set_dotted
 
 METRICS = ["title_to_image_R@1", "title_to_image_R@10", "attribute_P@1", "attribute_P@10", "title_to_image_mrr"]
-STASHED = ["metrics/eval/{s}.json", "metrics/train/{s}.json", "data/eval/{s}.npz", "metrics/wise_ft/{s}.json"]
+STASHED = ["metrics/eval/{s}.json", "metrics/train/{s}.json", "data/eval/{s}.npz"]
+WISE_FT = "metrics/wise_ft/{s}.json"  # only from a run that asked for it: the workspace keeps an older one
 
 
 def _get(params: dict, dotted: str):
@@ -36,13 +37,11 @@ def _get(params: dict, dotted: str):
     return params
 
 
-def _stash(work: Path, point: Path, s: str) -> None:
+def _stash(work: Path, point: Path, s: str, wise_ft: bool) -> None:
     tmp = point.with_name(point.name + ".partial")
-    for pattern in STASHED:
-        src = work / pattern.format(s=s)
-        if src.exists():
-            (tmp / pattern.format(s=s)).parent.mkdir(parents=True, exist_ok=True)
-            (tmp / pattern.format(s=s)).write_bytes(src.read_bytes())
+    for pattern in STASHED + ([WISE_FT] if wise_ft else []):
+        (tmp / pattern.format(s=s)).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / pattern.format(s=s)).write_bytes((work / pattern.format(s=s)).read_bytes())
     tmp.rename(point)
 
 
@@ -66,7 +65,7 @@ def run_recipes(run_file: Path, root: Path = Path(".")) -> dict:
     stashes.mkdir(parents=True, exist_ok=True)
     commit = _clone(root, work, log)
     params = yaml.safe_load((work / "params.yaml").read_text())
-    for key, value in {**spec["set"], "train.scenarios": ["zero_shot", s]}.items():
+    for key, value in {**spec["set"], "train.scenarios": ["zero_shot", s], "wise_ft.scenarios": [s]}.items():
         set_dotted(params, key, value)
     data_path = Path(params["data"]["path"])
     params["data"]["path"] = str(data_path if data_path.is_absolute() else (root / data_path).resolve())
@@ -83,9 +82,10 @@ def run_recipes(run_file: Path, root: Path = Path(".")) -> dict:
                 continue
             values = {k: overrides.get(k, _get(base, k)) for k in levers}
             sets = [f"++train.{s}.seed={seed}", *(f"++train.{s}.{k}={json.dumps(v)}" for k, v in values.items())]
-            targets = [f"evaluate@{s}", *([f"wise_ft@{s}"] if variant in r.get("wise_ft", []) and seed == r["seeds"][0] else [])]
+            wise_ft = variant in r.get("wise_ft", []) and seed == r["seeds"][0]
+            targets = [f"evaluate@{s}", *([f"wise_ft@{s}"] if wise_ft else [])]
             _run(["dvc", "exp", "run", *[a for x in sets for a in ("-S", x)], *targets], work, log)
-            _stash(work, point, s)
+            _stash(work, point, s, wise_ft)
 
     def load(variant: str, what: str) -> list:
         pattern = {"npz": f"data/eval/{s}.npz", "eval": f"metrics/eval/{s}.json", "train": f"metrics/train/{s}.json"}[what]

@@ -21,9 +21,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from catalog_search.evaluation import paired_difference
-from catalog_search.io import read_json, write_json
-from catalog_search.report import ALPHA, per_query
+from catalog_search.io import read_json, write_json, write_text
+from catalog_search.report import NOISE_P, beyond_noise, paired, per_query
 from catalog_search.runs import _clone, _run, set_dotted
 
 METRICS = ["title_to_image_R@1", "title_to_image_R@10", "attribute_P@1", "attribute_P@10", "title_to_image_mrr"]
@@ -51,8 +50,7 @@ def compare(variant: list[dict], plain: list[dict], n: int, seed: int) -> dict:
     for m in METRICS:
         a = np.mean([per_query(s, m) for s in variant], axis=0)
         b = np.mean([per_query(s, m) for s in plain], axis=0)
-        d = paired_difference(a, b, n, seed)
-        out[m] = {**d, "beyond_noise": bool(d["p"] < ALPHA and (d["ci95"][0] > 0 or d["ci95"][1] < 0))}
+        out[m] = paired(a, b, n, seed)
     return out
 
 
@@ -115,8 +113,41 @@ def run_recipes(run_file: Path, root: Path = Path(".")) -> dict:
                   "wall_seconds_this_invocation": round(time.time() - started),
                   "command": f"catalog-search run-recipes {run_file}",
                   "paired": "per-query scores averaged over seeds, then a paired bootstrap over the test queries "
-                            f"({n} resamples) and a sign-flip permutation p; beyond noise: p < {ALPHA} and the 95% "
+                            f"({n} resamples) and a sign-flip permutation p; beyond noise: p < {NOISE_P} and the 95% "
                             "interval excludes 0"}
     write_json(root / r["results"], out)
+    write_text((root / r["results"]).with_suffix(".md"), markdown(out))
     print(f"run-recipes {name}: {root / r['results']}")
     return out
+
+
+def _cell(d: dict) -> str:
+    bold = "**" if beyond_noise(d) else ""
+    return f"{bold}{d['diff']:+.3f}{bold} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
+
+
+def markdown(out: dict) -> str:
+    """The recipes table (mean over seeds ± sd; paired difference with plain) and WiSE-FT's curves."""
+    shown = ["title_to_image_R@1", "title_to_image_R@10", "attribute_P@1", "attribute_P@10"]
+    short = {"title_to_image_R@1": "title→img R@1", "title_to_image_R@10": "title→img R@10",
+             "attribute_P@1": "attr P@1", "attribute_P@10": "attr P@10", "generic_to_image_R@10": "generic→img R@10"}
+    lines = [f"# Recipes: {out['scenario']}, lr {out['lr']:g}, {out['epochs']} epochs, seeds {out['seeds']}", "",
+             "| recipe | " + " | ".join(short[m] for m in shown) + " | Δ title→img R@10 vs plain | Δ attr P@10 vs plain "
+             "| train s |", "|---" * (len(shown) + 4) + "|"]
+    for v, row in out["variants"].items():
+        cells = [f"{row['test'][m]['mean']:.3f}" + (f" ± {row['test'][m]['sd']:.3f}" if row["test"][m]["sd"] is not None
+                                                    else "") for m in shown]
+        diffs = [_cell(row["vs_plain"][m]) if "vs_plain" in row else "–" for m in ("title_to_image_R@10", "attribute_P@10")]
+        lines.append(f"| {v} | " + " | ".join(cells + diffs) + f" | {row['train_seconds']:.0f} |")
+    lines += ["", "Mean over seeds ± sd (seed spread). Δ: " + out["run"]["paired"] + "; **bold**: beyond noise.", ""]
+    for v, w in out["wise_ft"].items():
+        keys = ["title_to_image_R@1", "title_to_image_R@10", "attribute_P@10", "generic_to_image_R@10"]
+        lines += [f"## WiSE-FT of {v} (seed {out['seeds'][0]}): alpha 0 = zero_shot, 1 = tuned", "",
+                  "| alpha | " + " | ".join(short[k] for k in keys) + " | Δ title→img R@10 vs alpha 1 |",
+                  "|---" * (len(keys) + 2) + "|"]
+        for point in w["curve"]:
+            d = w["vs_tuned"].get(str(point["alpha"]), {}).get("title_to_image_R@10")
+            lines.append(f"| {point['alpha']:g} | " + " | ".join(f"{point[k]:.3f}" for k in keys) + " | "
+                         + (_cell(d) if d else "–") + " |")
+        lines.append("")
+    return "\n".join(lines)

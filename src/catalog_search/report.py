@@ -23,8 +23,19 @@ COMPARED = ["title_to_image_R@10", "title_to_image_mrr", "text_to_image_R@10", "
             "sampled100_text_to_image_R@1", "sampled100_image_to_text_R@1"]
 HEADLINE = "title_to_image_R@10"
 BASELINES = ["zero_shot", "linear_probe"]
+NOISE_P = 0.05
 REFERENCES = ["chance", "zero_shot"]  # untrained rows
-ALPHA = 0.05
+
+
+def beyond_noise(d: dict) -> bool:
+    """A paired difference is beyond noise when p < NOISE_P and its 95% interval excludes 0."""
+    return bool(d["p"] < NOISE_P and (d["ci95"][0] > 0 or d["ci95"][1] < 0))
+
+
+def paired(a: np.ndarray, b: np.ndarray, n: int, seed: int) -> dict:
+    """`paired_difference` with its verdict."""
+    d = paired_difference(a, b, n, seed)
+    return {**d, "beyond_noise": beyond_noise(d)}
 
 
 def per_query(scores: dict[str, np.ndarray], metric: str) -> np.ndarray:
@@ -44,11 +55,8 @@ def compare(scenarios: list[str], scores_dir: Path, n: int, seed: int) -> dict:
         for s in scenarios:
             if base not in scores or s == base or s in REFERENCES:
                 continue
-            row = {}
-            for m in COMPARED:
-                d = paired_difference(per_query(scores[s], m), per_query(scores[base], m), n, seed)
-                row[m] = {**d, "beyond_noise": bool(d["p"] < ALPHA and (d["ci95"][0] > 0 or d["ci95"][1] < 0))}
-            out[f"{s} vs {base}"] = row
+            out[f"{s} vs {base}"] = {m: paired(per_query(scores[s], m), per_query(scores[base], m), n, seed)
+                                     for m in COMPARED}
     return out
 
 
@@ -137,7 +145,7 @@ def wise_ft_markdown(curves: dict[str, dict]) -> str:
             cells = []
             for k in keys:
                 d = paired.get(k)
-                mark = d and d["p"] < ALPHA and (d["ci95"][0] > 0 or d["ci95"][1] < 0)
+                mark = d and beyond_noise(d)
                 cells.append(f"{point[k]:.3f}" + (f" ({'**' if mark else ''}{d['diff']:+.3f}{'**' if mark else ''})" if d else ""))
             lines.append(f"| {point['alpha']:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines + [""]) if lines else ""

@@ -37,6 +37,7 @@ if __name__ == "__main__":
     tuned_dir, device = Path("models") / name / "merged", pick_device()
     zero_shot, tuned = load_pair(Path("models/zero_shot/merged"), tuned_dir)
     model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{tuned_dir}", device=device)
+    model.eval()  # BatchNorm on its running statistics, as embed@ loads it
     tokenize = open_clip.get_tokenizer(f"local-dir:{tuned_dir}")
     samples = load_split(params["shard"]["read_from"], e["split"])
     enc = SplitEncoder(model, preprocess, tokenize, samples, set(), device, e["batch_size"], workers=e["workers"])

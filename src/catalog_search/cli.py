@@ -133,6 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     rr = sub.add_parser("run-recipes", help="the run file's recipes (levers) against the plain one, with seeds and "
                         "paired intervals, in the run-catalog clone -> its recipes.results")
     rr.add_argument("run_file", type=Path, help="e.g. runs/fashion-product-images.yaml")
+    rr.add_argument("--no-train", action="store_true", help="only assemble the results of the finished runs")
     c = sub.add_parser("clean", help="VLM cleaning through the OpenAI Batch API, one step at a time "
                                      "(clean.backend: openai_batch; `dvc repro clean` runs every step)")
     c.add_argument("step", choices=["prepare", "dispatch", "monitor", "finalize", "cancel"])
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             from catalog_search.recipes import run_recipes
 
-            run_recipes(args.run_file)
+            run_recipes(args.run_file, train=not args.no_train)
         return
     if args.command == "attributes":
         for row in image_attributes(args.images, args.model):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -54,29 +55,32 @@ def compare(variant: list[dict], plain: list[dict], n: int, seed: int) -> dict:
     return out
 
 
-def run_recipes(run_file: Path, root: Path = Path(".")) -> dict:
+def run_recipes(run_file: Path, root: Path = Path("."), train: bool = True) -> dict:
+    """Run what is missing (`train`), then assemble the results of every finished (variant, seed)."""
     started = time.time()
     root, spec = root.resolve(), yaml.safe_load(run_file.read_text())
     name, r = spec["name"], spec["recipes"]
     s, work = r["scenario"], root / ".runs" / name
     stashes, log = root / ".runs" / f"{name}.recipes", root / ".runs" / f"{name}.log"
     stashes.mkdir(parents=True, exist_ok=True)
-    commit = _clone(root, work, log)
+    commit = _clone(root, work, log) if train else \
+        subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
     params = yaml.safe_load((work / "params.yaml").read_text())
     for key, value in {**spec["set"], "train.scenarios": ["zero_shot", s], "wise_ft.scenarios": [s]}.items():
         set_dotted(params, key, value)
     data_path = Path(params["data"]["path"])
     params["data"]["path"] = str(data_path if data_path.is_absolute() else (root / data_path).resolve())
     params["train"][s] = {**(params["train"].get(s) or {}), "epochs": spec["sweep"]["epochs"], "lr": r["lr"]}
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _run(["git", "commit", "-q", "--allow-empty", "-am", f"recipes {name}: params"], work, log)
+    if train:
+        (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        _run(["git", "commit", "-q", "--allow-empty", "-am", f"recipes {name}: params"], work, log)
 
     base = {**params["train"]["defaults"], **params["train"][s]}
     levers = sorted({k for v in r["variants"].values() for k in v})  # every run sets all of them
     for variant, overrides in r["variants"].items():
         for seed in r["seeds"]:
             point = stashes / f"{variant}-seed{seed}"
-            if point.exists():
+            if point.exists() or not train:
                 continue
             values = {k: overrides.get(k, _get(base, k)) for k in levers}
             sets = [f"++train.{s}.seed={seed}", *(f"++train.{s}.{k}={json.dumps(v)}" for k, v in values.items())]
@@ -85,9 +89,12 @@ def run_recipes(run_file: Path, root: Path = Path(".")) -> dict:
             _run(["dvc", "exp", "run", *[a for x in sets for a in ("-S", x)], *targets], work, log)
             _stash(work, point, s, wise_ft)
 
+    def seeds(variant: str) -> list[int]:
+        return [k for k in r["seeds"] if (stashes / f"{variant}-seed{k}").is_dir()]
+
     def load(variant: str, what: str) -> list:
         pattern = {"npz": f"data/eval/{s}.npz", "eval": f"metrics/eval/{s}.json", "train": f"metrics/train/{s}.json"}[what]
-        paths = [stashes / f"{variant}-seed{k}" / pattern for k in r["seeds"]]
+        paths = [stashes / f"{variant}-seed{k}" / pattern for k in seeds(variant)]
         return [dict(np.load(p)) if what == "npz" else read_json(p) for p in paths]
 
     n, boot_seed = params["evaluate"]["bootstrap"], params["evaluate"]["seed"]
@@ -96,13 +103,15 @@ def run_recipes(run_file: Path, root: Path = Path(".")) -> dict:
            "variants": {}, "wise_ft": {}}
     for variant, overrides in r["variants"].items():
         evals, trains = load(variant, "eval"), load(variant, "train")
-        row = {"overrides": overrides,
+        if not evals:
+            continue
+        row = {"overrides": overrides, "seeds": seeds(variant),
                "test": {m: {"mean": round(float(np.mean([e[m] for e in evals])), 4),
                             "seeds": [e[m] for e in evals],
                             "sd": round(float(np.std([e[m] for e in evals], ddof=1)), 4) if len(evals) > 1 else None}
                         for m in METRICS},
-               "train_seconds": round(float(np.mean([t["train_seconds"] for t in trains])), 1)}
-        if variant != "plain":
+               "train_seconds": round(float(min(t["train_seconds"] for t in trains)), 1)}  # the least disturbed run
+        if variant != "plain" and plain:
             row["vs_plain"] = compare(load(variant, "npz"), plain, n, boot_seed)
         out["variants"][variant] = row
         curve = stashes / f"{variant}-seed{r['seeds'][0]}" / f"metrics/wise_ft/{s}.json"
@@ -132,13 +141,14 @@ def markdown(out: dict) -> str:
     short = {"title_to_image_R@1": "title→img R@1", "title_to_image_R@10": "title→img R@10",
              "attribute_P@1": "attr P@1", "attribute_P@10": "attr P@10", "generic_to_image_R@10": "generic→img R@10"}
     lines = [f"# Recipes: {out['scenario']}, lr {out['lr']:g}, {out['epochs']} epochs, seeds {out['seeds']}", "",
-             "| recipe | " + " | ".join(short[m] for m in shown) + " | Δ title→img R@10 vs plain | Δ attr P@10 vs plain "
-             "| train s |", "|---" * (len(shown) + 4) + "|"]
+             "| recipe | seeds | " + " | ".join(short[m] for m in shown) + " | Δ title→img R@10 vs plain | Δ attr P@10 vs "
+             "plain | train s (fastest seed) |", "|---" * (len(shown) + 5) + "|"]
     for v, row in out["variants"].items():
         cells = [f"{row['test'][m]['mean']:.3f}" + (f" ± {row['test'][m]['sd']:.3f}" if row["test"][m]["sd"] is not None
                                                     else "") for m in shown]
         diffs = [_cell(row["vs_plain"][m]) if "vs_plain" in row else "–" for m in ("title_to_image_R@10", "attribute_P@10")]
-        lines.append(f"| {v} | " + " | ".join(cells + diffs) + f" | {row['train_seconds']:.0f} |")
+        lines.append(f"| {v} | {', '.join(map(str, row['seeds']))} | " + " | ".join(cells + diffs)
+                     + f" | {row['train_seconds']:.0f} |")
     lines += ["", "Mean over seeds ± sd (seed spread). Δ: " + out["run"]["paired"] + "; **bold**: beyond noise.", ""]
     for v, w in out["wise_ft"].items():
         keys = ["title_to_image_R@1", "title_to_image_R@10", "attribute_P@10", "generic_to_image_R@10"]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,7 +23,7 @@ import yaml
 
 from catalog_search.io import read_json, write_json, write_text
 from catalog_search.report import NOISE_P, beyond_noise, paired, per_query
-from catalog_search.runs import _clone, _run, set_dotted
+from catalog_search.runs import _clone, _run, head_commit, set_dotted
 
 METRICS = ["title_to_image_R@1", "title_to_image_R@10", "attribute_P@1", "attribute_P@10", "title_to_image_mrr"]
 STASHED = ["metrics/eval/{s}.json", "metrics/train/{s}.json", "data/eval/{s}.npz"]
@@ -63,8 +62,7 @@ def run_recipes(run_file: Path, root: Path = Path("."), train: bool = True) -> d
     s, work = r["scenario"], root / ".runs" / name
     stashes, log = root / ".runs" / f"{name}.recipes", root / ".runs" / f"{name}.log"
     stashes.mkdir(parents=True, exist_ok=True)
-    commit = _clone(root, work, log) if train else \
-        subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+    commit = _clone(root, work, log) if train else head_commit(root)
     params = yaml.safe_load((work / "params.yaml").read_text())
     for key, value in {**spec["set"], "train.scenarios": ["zero_shot", s], "wise_ft.scenarios": [s]}.items():
         set_dotted(params, key, value)

@@ -59,9 +59,13 @@ def _run(cmd: list[str], cwd: Path, log: Path) -> None:
                      "finished grid points are kept.")
 
 
+def head_commit(root: Path) -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+
+
 def _clone(root: Path, work: Path, log: Path) -> str:
     """A clone of HEAD (the committed code: what the results say they ran)."""
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+    head = head_commit(root)
     if not (work / ".git").exists():
         work.parent.mkdir(parents=True, exist_ok=True)
         _run(["git", "clone", "-q", str(root), str(work)], root, log)

@@ -12,15 +12,15 @@ from catalog_search.params import load_params
 from catalog_search.training.data import load_split
 from catalog_search.vlm.language import cache_dir
 from catalog_search.vlm.model import save_vlm
-from catalog_search.vlm.train import build, fit, image_inputs, subset
+from catalog_search.vlm.train import build, fit, image_inputs
 
-SAVED = ("language", "backbone", "image_size", "visual_tokens", "prompt", "seed")
+SAVED = ("language", "layers", "backbone", "image_size", "prompt", "seed")
 
 if __name__ == "__main__":
     params = load_params()
     validate(params)
     p, device = params["vlm"], pick_device()
-    rows = subset(load_split(Path("data/shards"), "train"), p["train_rows"], p["seed"])
+    rows = load_split(Path("data/shards"), "train")
     labels = LabelSet.fit(rows, {a: [] for a in p["attributes"]}, p["min_count"], "none")
     features = image_inputs(p, [r["image"] for r in rows], p["extract_batch"], device)
     model, template, _ = build(p, labels, features.shape[1], cache_dir(p["cache_dir"]))

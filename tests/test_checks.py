@@ -49,6 +49,10 @@ def params():
     (("train", "defaults", "micro_batch_size"), 1000, r"micro_batch_size=1000 must be between 1 and batch_size"),
     (("train", "defaults", "checkpoint_every"), 0, r"checkpoint_every=0 must be a positive integer"),
     (("model", "name"), "ViT-Q-1", r"model.name='ViT-Q-1'.*ViT-B-32"),
+    (("vlm", "layers"), 0, r"vlm.layers=0 must be a positive integer or null"),
+    (("vlm", "align_epochs"), -1, r"vlm.align_epochs=-1 must be 0 \(no alignment phase\)"),
+    (("vlm", "extract"), "gaps", r"vlm.extract='gaps'.*'missing', 'all'"),
+    (("vlm", "decoding"), "beam", r"vlm.decoding='beam'.*'constrained', 'free'"),
 ])
 def test_invalid_choice_lists_valid_values(params, path, value, message):
     bad = copy.deepcopy(params)

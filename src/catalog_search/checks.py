@@ -90,11 +90,17 @@ def _check_vlm(cfg: dict) -> None:
         raise ParamsError("params.yaml: vlm.attributes is empty; name the catalog attributes the JSON answer holds")
     for name in cfg["attributes"]:
         check_choice("vlm.attributes[]", name, ATTRIBUTES)
-    for key in ("image_size", "visual_tokens", "min_count", "epochs", "batch_size", "extract_batch", "zero_shot_rows"):
+    for key in ("image_size", "min_count", "epochs", "batch_size", "extract_batch", "zero_shot_rows"):
         if not isinstance(cfg[key], int) or cfg[key] < 1:
             raise ParamsError(f"params.yaml: vlm.{key}={cfg[key]!r} must be a positive integer")
-    if cfg["train_rows"] is not None and (not isinstance(cfg["train_rows"], int) or cfg["train_rows"] < 1):
-        raise ParamsError(f"params.yaml: vlm.train_rows={cfg['train_rows']!r} must be a positive integer or null (all)")
+    for key in ("train_rows", "free_rows", "layers"):
+        if cfg[key] is not None and (not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1):
+            raise ParamsError(f"params.yaml: vlm.{key}={cfg[key]!r} must be a positive integer or null (all)")
+    if not isinstance(cfg["align_epochs"], int) or cfg["align_epochs"] < 0:
+        raise ParamsError(f"params.yaml: vlm.align_epochs={cfg['align_epochs']!r} must be 0 (no alignment phase) or more")
+    check_choice("vlm.extract", cfg["extract"], ("missing", "all"))
+    check_choice("vlm.decoding", cfg["decoding"], ("constrained", "free"))
+    check_choice("vlm.quantize", cfg["quantize"], (None, "int8"))
 
 
 def _refuse_secrets(params: dict, where: str = "") -> None:

@@ -2,7 +2,7 @@
 by name or folder (`vlm.language: hf:<name or path>`), LoRA on its language model's attention and
 MLP projections. It keeps AttributeVLM's interface: `prefix` builds the input embeddings of image
 + prompt (the model's own vision tower and projector fill its image tokens), so training, free
-generation and the constrained repair are the same code for both paths."""
+generation and constrained decoding are the same code for both paths."""
 from __future__ import annotations
 
 import torch
@@ -15,14 +15,19 @@ from catalog_search.vlm.model import LORA_TARGETS, AttributeVLM
 class HFVisionLM(AttributeVLM):
     def __init__(self, model: nn.Module, processor, prompt: str, image_size: int):
         nn.Module.__init__(self)
-        self.lm, self.visual_tokens = model, 0
+        self.lm = model
         image_token = getattr(processor, "image_token", "<image>")
         blank = Image.new("RGB", (image_size, image_size))
         ids = processor(images=[blank], text=[f"{image_token}{prompt.strip()}\n"], return_tensors="pt")["input_ids"][0]
         self.register_buffer("prompt_ids", ids, persistent=False)
         self.image_token_id = processor.tokenizer.convert_tokens_to_ids(image_token)
 
-    def prefix(self, pixels: torch.Tensor) -> torch.Tensor:
+    def shared_prefix(self) -> torch.Tensor:
+        """Nothing: the image tokens sit inside this model's prompt, so no part of it is the same for every image."""
+        embeddings = self.lm.get_input_embeddings()
+        return embeddings.weight.new_zeros(1, 0, embeddings.embedding_dim)
+
+    def image_embeds(self, pixels: torch.Tensor) -> torch.Tensor:
         """The prompt's embeddings with its image tokens replaced by the model's image features."""
         ids = self.prompt_ids.expand(len(pixels), -1)
         embeds = self.lm.get_input_embeddings()(ids)

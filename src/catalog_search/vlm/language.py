@@ -34,8 +34,34 @@ def load_tokenizer(name: str, cache_dir: Path):
     return AutoTokenizer.from_pretrained(name)
 
 
-def load_language_model(name: str, cache_dir: Path, vocab_size: int):
-    """`packaged:smollm2-135m`, `tiny` (random, 2 layers, 64 wide) or a Hugging Face causal LM name/path."""
+def load_language_model(name: str, cache_dir: Path, vocab_size: int, layers: int | None = None):
+    """`packaged:smollm2-135m`, `tiny` (random, 2 layers, 64 wide) or a Hugging Face causal LM name/path,
+    cut to its first `layers` decoder layers (None: all)."""
+    return truncate(_load(name, cache_dir, vocab_size), layers)
+
+
+def truncate(lm, layers: int | None):
+    """Keep `layers` decoder layers: the first half and the last half of that count (the final
+    norm and the tied head stay). Why: a CPU pays for every layer of every token, and picking an
+    attribute value among a few dozen needs far less depth than open text. The middle of a deep
+    stack is its most redundant part (ShortGPT, Men et al. 2024); the last layers shape the output,
+    so keeping them leaves the head readable (SmolLM2's loss on plain text: 4.3 with 30 layers,
+    12-20 with the first and last 4, 23-29 with the first 8)."""
+    n = lm.config.num_hidden_layers
+    if layers is None or layers >= n:
+        return lm
+    first, last = (layers + 1) // 2, layers // 2
+    kept = list(lm.model.layers[:first]) + (list(lm.model.layers[n - last:]) if last else [])
+    for i, layer in enumerate(kept):
+        layer.self_attn.layer_idx = i  # the key/value cache is indexed by it
+    lm.model.layers = type(lm.model.layers)(kept)
+    lm.config.num_hidden_layers = layers
+    if getattr(lm.config, "layer_types", None):
+        lm.config.layer_types = lm.config.layer_types[:first] + lm.config.layer_types[n - last:][:last]
+    return lm
+
+
+def _load(name: str, cache_dir: Path, vocab_size: int):
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
     if name == "packaged:smollm2-135m":

@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run test test-slow bench real-catalog real-catalog-recipes
+.PHONY: setup run test test-slow bench real-catalog real-catalog-recipes real-catalog-attributes
 
 setup: $(STAMP) $(FMNIST)
 
@@ -47,6 +47,10 @@ real-catalog: setup
 # Its recipes (multi-positive targets, hard negatives, WiSE-FT) vs the plain one: results/fashion-product-images/recipes.json
 real-catalog-recipes: setup
 	$(BIN)/catalog-search run-recipes runs/fashion-product-images.yaml
+
+# The attribute classifier and the VLM side by side on it: results/fashion-product-images/attributes.json
+real-catalog-attributes: setup
+	$(BIN)/catalog-search run-attributes runs/fashion-product-images.yaml
 
 test: setup $(CHROMIUM)
 	$(BIN)/pytest

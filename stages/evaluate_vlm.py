@@ -1,6 +1,6 @@
 """evaluate_vlm: on the test split, the tuned VLM's per-attribute accuracy decoding under the
 template (the extraction path) with its images/s from image bytes to answer; free generation's JSON
-validity before repair and its accuracy (`free`); the untuned model (base language model, untrained
+validity before repair and its accuracy (`free`, the float model); the untuned model (base language model, untrained
 projector: `zero_shot`) and the attribute classifier side by side -> metrics/vlm.json."""
 from pathlib import Path
 
@@ -10,16 +10,16 @@ from catalog_search.params import load_params
 from catalog_search.training.data import load_split
 from catalog_search.vlm.extract import extract, extract_images, vlm_metrics
 from catalog_search.vlm.language import cache_dir
-from catalog_search.vlm.model import load_vlm
+from catalog_search.vlm.model import load_vlm, quantized
 from catalog_search.vlm.train import build, image_inputs
 
 if __name__ == "__main__":
     p, device = load_params()["vlm"], pick_device()
-    model, template, labels, settings, tokenizer = load_vlm(Path("models/vlm"), cache_dir(p["cache_dir"]),
-                                                                   p["quantize"])
+    model, template, labels, settings, tokenizer = load_vlm(Path("models/vlm"), cache_dir(p["cache_dir"]))
     test = load_split(Path("data/shards"), "test")
     images = [r["image"] for r in test]
-    answers, _, images_per_s = extract_images(settings, model, template, tokenizer, images, p["extract_batch"], device)
+    answers, _, images_per_s = extract_images(settings, quantized(model, p["quantize"]), template, tokenizer, images,
+                                              p["extract_batch"], device)
     metrics = {**vlm_metrics(labels, test, answers), "images_per_s": round(images_per_s, 2)}
     free = test[:p["free_rows"]]
     answers, repaired, free_per_s = extract_images(settings, model, template, tokenizer, images[:len(free)],

@@ -28,5 +28,6 @@ if __name__ == "__main__":
         record = fit(model, template, labels, rows, features, p, device, live)
     save_vlm(Path("models/vlm"), model, labels, {**{k: p[k] for k in SAVED}, "feature_dim": features.shape[1]})
     write_json("metrics/train_vlm.json", {k: v for k, v in record.items() if k != "epochs"})
-    print(f"train_vlm: {record['trainable_params']} trainable of {record['total_params']} params, {record['steps']} "
-          f"steps in {record['train_seconds']} s; epochs {record['epochs']}")
+    print(f"train_vlm: {record['trainable_params']} trainable of {record['total_params']} params; "
+          f"{record.get('align_steps', 0)} align and {record['tune_steps']} tune steps in {record['train_seconds']} s; "
+          f"epochs {record['epochs']}")

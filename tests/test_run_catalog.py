@@ -18,6 +18,10 @@ def test_run_catalog_sweeps_on_val_adds_seeds_and_resumes(tmp_path):
     params["serve"]["scenarios"] = ["linear_probe"]  # serve only what is trained (validated)
     params["wise_ft"].update(scenarios=["linear_probe"], alphas=[0.0, 1.0])
     params["train"]["defaults"].update(batch_size=32)
+    params["attributes"].update(image_size=32, epochs=1, batch_size=32, head_hidden=32, min_count=2,
+                                lora={"r": 4, "alpha": 8, "dropout": 0.05, "last_blocks": 1})
+    params["vlm"].update(language="tiny", image_size=32, train_rows=32, epochs=1, batch_size=16, min_count=2,
+                         zero_shot_rows=4, lora={"r": 4, "alpha": 8, "dropout": 0.0})
     root = project(tmp_path / "project", params)
     (root / ".gitignore").write_text(".runs/\n")
     (root / "runs").mkdir()
@@ -27,7 +31,10 @@ def test_run_catalog_sweeps_on_val_adds_seeds_and_resumes(tmp_path):
         "seeds": [1], "seed_scenarios": 1, "target": "report",
         "recipes": {"scenario": "linear_probe", "lr": 0.01, "seeds": [0],
                     "variants": {"levers": {"positives": "caption", "hard_negatives.share": 0.5}, "plain": {}},
-                    "wise_ft": ["plain"], "results": "results/tiny/recipes.json"}}))
+                    "wise_ft": ["plain"], "results": "results/tiny/recipes.json"},
+        "attributes": {"set": {"vlm.attributes": ["category", "color"], "attributes.heads": {"category": [], "color": []},
+                               "attributes.confusion": "color", "vlm.free_rows": 8},
+                       "results": "results/tiny/attributes.json"}}))
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-qm", "project"], root)
 
@@ -70,3 +77,15 @@ def test_run_catalog_sweeps_on_val_adds_seeds_and_resumes(tmp_path):
     curve = recipes["wise_ft"]["plain"]["curve"]
     assert [c["alpha"] for c in curve] == [0.0, 1.0] and "levers" not in recipes["wise_ft"]
     assert "dvc exp run" not in run(["catalog-search", "run-recipes", "runs/tiny.yaml"], root).stdout  # resumes
+
+    # the attribute classifier and the VLM side by side, in the same clone, on the same test rows
+    out = run(["catalog-search", "run-attributes", "runs/tiny.yaml"], root)
+    assert out.stdout.count("dvc exp run") == 1
+    result = json.loads((root / "results/tiny/attributes.json").read_text())
+    vlm = json.loads((root / ".runs/tiny/metrics/vlm.json").read_text())
+    assert set(result["accuracy"]) == {"category", "color"} and result["test_rows"] == vlm["n_rows"]
+    assert result["accuracy"]["color"] == {"classifier": vlm["attribute_classifier"]["color"],
+                                           "vlm": vlm["accuracy"]["color"], "vlm_free": vlm["free"]["accuracy"]["color"],
+                                           "vlm_untuned": vlm["zero_shot"]["accuracy"]["color"]}
+    assert vlm["free"]["n_rows"] == 8 and result["vlm"]["valid_json_raw"] == vlm["free"]["valid_json_raw"]
+    assert "| color |" in (root / "results/tiny/attributes.md").read_text()

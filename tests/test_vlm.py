@@ -11,7 +11,7 @@ from catalog_search.attributes.labels import LabelSet
 from catalog_search.vlm.decode import decode_constrained
 from catalog_search.vlm.extract import catalog_records, extract, needs_extraction, vlm_metrics
 from catalog_search.vlm.language import cache_dir, load_tokenizer
-from catalog_search.vlm.model import load_vlm, save_vlm
+from catalog_search.vlm.model import load_vlm, quantized, save_vlm
 from catalog_search.vlm.template import IGNORE, JsonTemplate
 from catalog_search.vlm.train import build, fit, image_features
 
@@ -141,6 +141,8 @@ def test_save_and_load_give_the_same_answers(trained, tmp_path, cfg):
     before = model.eval().generate_text(features[:4], tokenizer, 12)
     after = loaded.generate_text(features[:4], tokenizer2, 12)
     assert before == after and template2.values == template.values
+    # merged, and scored on the template's tokens only (the tied head's rows): the same answers
+    assert decode_constrained(loaded, template2, features[:6]) == decode_constrained(model, template, features[:6])
 
 
 @pytest.fixture(scope="module")
@@ -221,3 +223,13 @@ def test_layers_keep_the_first_decoder_layers():
     assert [layer.self_attn.layer_idx for layer in kept.model.layers] == [0, 1, 2]
     out = kept(input_ids=torch.tensor([[1, 2]]), use_cache=True)
     assert kept(input_ids=torch.tensor([[3]]), past_key_values=out.past_key_values).logits.shape == (1, 1, 100)
+
+
+def test_int8_copy_decodes_valid_answers_and_leaves_the_float_model(trained):
+    model, template, *_, features, _ = trained
+    fast = quantized(model.eval(), "int8")
+    assert fast is not model and quantized(model, None) is model
+    assert all(type(m) is not torch.nn.Linear for m in fast.lm.modules() if "Linear" in type(m).__name__)
+    assert any(type(m) is torch.nn.Linear for m in model.lm.modules())  # the float model is untouched
+    for answer in decode_constrained(fast, template, features[:4]):
+        assert template.parse(template.dumps(answer))[0] == answer

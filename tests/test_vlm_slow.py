@@ -1,6 +1,7 @@
-"""The real offline default VLM (EfficientNet-Lite0 -> projector -> SmolLM2-135M-Instruct + LoRA)
-trains for a few steps: its free generations become valid JSON far more often than the untuned
-model's. Slow (~1.5 min on 2 cores): `make test-slow`."""
+"""The real offline default VLM (EfficientNet-Lite0 -> tag-token projector -> SmolLM2-135M-Instruct,
+12 layers, + LoRA) trains for a few steps: its free generations become valid JSON far more often
+than the untuned model's. Slow (~1.5 min on 2
+cores): `make test-slow`."""
 import pytest
 import torch
 
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_default_vlm_learns_the_answer_format(demo_shards):
-    p = {**load_params(ROOT / "params.yaml")["vlm"], "epochs": 2, "batch_size": 16}
+    p = {**load_params(ROOT / "params.yaml")["vlm"], "epochs": 3, "batch_size": 16}
     _, kept = demo_shards
     rows = kept.to_dict("records")[:64]
     labels = LabelSet.fit(rows, {a: [] for a in p["attributes"]}, 2, "none")
@@ -25,10 +26,8 @@ def test_default_vlm_learns_the_answer_format(demo_shards):
     model, template, tokenizer = build(p, labels, features.shape[1], cache_dir(p["cache_dir"]))
     record = fit(model, template, labels, rows, features, p, torch.device("cpu"))
     assert record["epochs"][-1]["loss"] < record["epochs"][0]["loss"]
-    tuned = vlm_metrics(labels, rows[:16], *extract(model, template, tokenizer, features[:16], 16,
-                                                     torch.device("cpu"))[:2])
+    cpu = torch.device("cpu")
+    tuned = vlm_metrics(labels, rows[:16], *extract(model, template, tokenizer, features[:16], 16, cpu, free=True))
     untuned, template, tokenizer = build(p, labels, features.shape[1], cache_dir(p["cache_dir"]), tune=False)
-    base = vlm_metrics(labels, rows[:16], *extract(untuned, template, tokenizer, features[:16], 16,
-                                                   torch.device("cpu"))[:2])
-    assert base["valid_json_after_repair"] == tuned["valid_json_after_repair"] == 1.0
-    assert tuned["valid_json_raw"] >= base["valid_json_raw"] + 0.5  # 8 steps teach most of the format (0.69 vs 0)
+    base = vlm_metrics(labels, rows[:16], *extract(untuned, template, tokenizer, features[:16], 16, cpu, free=True))
+    assert tuned["valid_json_raw"] >= base["valid_json_raw"] + 0.5  # 12 steps teach most of the format

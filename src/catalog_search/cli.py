@@ -13,6 +13,7 @@
                                                     # clean.backend openai_batch, by hand over hours
     catalog-search run-catalog runs/fashion-product-images.yaml   # another catalog: sweep, seeds -> results/
     catalog-search run-recipes runs/fashion-product-images.yaml   # its recipes vs the plain one -> results/
+    catalog-search run-attributes runs/fashion-product-images.yaml   # classifier and VLM side by side -> results/
 
 Run it in the project folder after `dvc repro`: it reads params.yaml, models/ and data/.
 """
@@ -134,6 +135,9 @@ def main(argv: list[str] | None = None) -> None:
                         "paired intervals, in the run-catalog clone -> its recipes.results")
     rr.add_argument("run_file", type=Path, help="e.g. runs/fashion-product-images.yaml")
     rr.add_argument("--no-train", action="store_true", help="only assemble the results of the finished runs")
+    ra = sub.add_parser("run-attributes", help="the attribute classifier and the VLM side by side on the run file's "
+                        "catalog, in the run-catalog clone -> its attributes.results")
+    ra.add_argument("run_file", type=Path, help="e.g. runs/fashion-product-images.yaml")
     c = sub.add_parser("clean", help="VLM cleaning through the OpenAI Batch API, one step at a time "
                                      "(clean.backend: openai_batch; `dvc repro clean` runs every step)")
     c.add_argument("step", choices=["prepare", "dispatch", "monitor", "finalize", "cancel"])
@@ -142,13 +146,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "clean":
         sys.exit(clean_step(args))
-    if args.command in ("run-catalog", "run-recipes"):
+    if args.command in ("run-catalog", "run-recipes", "run-attributes"):
         if not args.run_file.exists():
             raise SystemExit(f"catalog-search: run file {args.run_file} not found (e.g. runs/fashion-product-images.yaml)")
         if args.command == "run-catalog":
             from catalog_search.runs import run_catalog
 
             run_catalog(args.run_file)
+        elif args.command == "run-attributes":
+            from catalog_search.attribute_runs import run_attributes
+
+            run_attributes(args.run_file)
         else:
             from catalog_search.recipes import run_recipes
 

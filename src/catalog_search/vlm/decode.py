@@ -62,14 +62,28 @@ def decode_constrained(model: nn.Module, template: JsonTemplate, inputs: torch.T
     cache, start = shared_cache(lm, shared, n)
     seen = torch.ones(n, start, dtype=torch.long, device=images.device)
 
+    # With tied embeddings the head's rows are the input embeddings: score only the tokens the
+    # template can ever allow (~100 of 49,152) instead of the whole vocabulary at every call.
+    vocab = sorted({t for ids in template.value_ids.values() for seq in ids.values() for t in seq}
+                   | {piece[0] for piece in template.pieces[1:]})
+    tied = getattr(lm.config, "tie_word_embeddings", False) and hasattr(getattr(lm, "model", None), "norm")
+    rows_of = embed.weight[vocab].float() if tied else None
+
     def feed(embeds: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         nonlocal cache, seen
         positions = seen.sum(1, keepdim=True) + (real.cumsum(1) - 1).clamp(min=0)
         seen = torch.cat([seen, real], 1)
-        out = lm(inputs_embeds=embeds, attention_mask=seen, position_ids=positions, past_key_values=cache,
-                 use_cache=True, logits_to_keep=1)
+        kwargs = dict(inputs_embeds=embeds, attention_mask=seen, position_ids=positions, past_key_values=cache,
+                      use_cache=True)
+        if rows_of is None:
+            out = lm(**kwargs, logits_to_keep=1)
+            cache = out.past_key_values
+            return out.logits[:, -1].float()
+        out = lm.model(**kwargs)  # the decoder with its final norm; the head is applied here
         cache = out.past_key_values
-        return out.logits[:, -1].float()
+        logits = torch.full((len(embeds), embed.num_embeddings), float("-inf"), device=embeds.device)
+        logits[:, vocab] = out.last_hidden_state[:, -1].float() @ rows_of.T
+        return logits
 
     rows = [_Row(template) for _ in range(n)]
     first = torch.tensor(template.pieces[0], device=images.device)

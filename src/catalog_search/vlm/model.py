@@ -115,12 +115,10 @@ def save_vlm(out: Path, model: AttributeVLM, labels: LabelSet, settings: dict) -
     (out / "vlm.json").write_text(json.dumps(settings, indent=2))
 
 
-def load_vlm(folder: Path, cache_dir: Path, quantize: str | None = None
-             ) -> tuple[AttributeVLM, JsonTemplate, LabelSet, dict, object]:
+def load_vlm(folder: Path, cache_dir: Path) -> tuple[AttributeVLM, JsonTemplate, LabelSet, dict, object]:
     """(model, template, labels, settings, tokenizer) of a saved VLM for inference: the base
     language model is rebuilt from its name and the adapter merged into it (no LoRA detour per
-    layer); `quantize: int8` then makes every linear layer int8 with dynamic activation scales
-    (PyTorch's dynamic quantization: ~1.4x faster on a CPU, for a GPU leave it null)."""
+    layer)."""
     from peft import PeftModel
 
     from catalog_search.vlm.language import load_language_model, load_tokenizer
@@ -133,8 +131,7 @@ def load_vlm(folder: Path, cache_dir: Path, quantize: str | None = None
         hf, processor = load_hf(s["language"][3:], None)
         model = HFVisionLM(PeftModel.from_pretrained(hf, folder / "adapter").merge_and_unload(), processor,
                            s["prompt"], s["image_size"])
-        return _quantized(model.eval(), quantize), template_for(processor.tokenizer, labels), labels, s, \
-            processor.tokenizer
+        return model.eval(), template_for(processor.tokenizer, labels), labels, s, processor.tokenizer
     tokenizer = load_tokenizer(s["language"], cache_dir)
     torch.manual_seed(s["seed"])  # a tiny test model is random: the same seed rebuilds the same base
     base = load_language_model(s["language"], cache_dir, len(tokenizer), s["layers"])
@@ -144,10 +141,14 @@ def load_vlm(folder: Path, cache_dir: Path, quantize: str | None = None
     saved = torch.load(folder / "projector.pt")
     model.trunk.load_state_dict(saved["trunk"])
     model.heads.load_state_dict(saved["heads"])
-    return _quantized(model.eval(), quantize), template, labels, s, tokenizer
+    return model.eval(), template, labels, s, tokenizer
 
 
-def _quantized(model: nn.Module, quantize: str | None) -> nn.Module:
+def quantized(model: nn.Module, quantize: str | None) -> nn.Module:
+    """A copy for constrained decoding with every linear layer int8 (`quantize: int8`, PyTorch's
+    dynamic quantization: ~1.3x on this CPU; null on a GPU), or the model itself. Constrained
+    answers are unchanged (0.880 vs 0.881 mean accuracy on the demo's test split); free generation
+    is not: its valid JSON fell from 0.995 to 0.976, so free generation runs the float model."""
     if quantize is None:
         return model
     return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)

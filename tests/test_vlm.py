@@ -225,9 +225,12 @@ def test_layers_keep_the_first_decoder_layers():
     assert kept(input_ids=torch.tensor([[3]]), past_key_values=out.past_key_values).logits.shape == (1, 1, 100)
 
 
-def test_int8_copy_decodes_valid_answers_and_leaves_the_float_model(trained):
-    model, template, *_, features, _ = trained
-    fast = quantized(model.eval(), "int8")
+def test_int8_copy_decodes_valid_answers_and_leaves_the_float_model(trained, tmp_path, cfg):
+    model, template, tokenizer, labels, rows, features, _ = trained
+    settings = {k: cfg[k] for k in ("language", "layers", "backbone", "image_size", "prompt", "seed")}
+    save_vlm(tmp_path / "vlm", model, labels, {**settings, "feature_dim": features.shape[1]})
+    model, template, *_ = load_vlm(tmp_path / "vlm", cache_dir(None))  # merged, as the stages load it
+    fast = quantized(model, "int8")
     assert fast is not model and quantized(model, None) is model
     assert all(type(m) is not torch.nn.Linear for m in fast.lm.modules() if "Linear" in type(m).__name__)
     assert any(type(m) is torch.nn.Linear for m in model.lm.modules())  # the float model is untouched

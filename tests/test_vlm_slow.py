@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_default_vlm_learns_the_answer_format(demo_shards):
-    p = {**load_params(ROOT / "params.yaml")["vlm"], "epochs": 3, "batch_size": 16}
+    p = {**load_params(ROOT / "params.yaml")["vlm"], "epochs": 10, "batch_size": 16}
     _, kept = demo_shards
     rows = kept.to_dict("records")[:64]
     labels = LabelSet.fit(rows, {a: [] for a in p["attributes"]}, 2, "none")
@@ -25,9 +25,10 @@ def test_default_vlm_learns_the_answer_format(demo_shards):
                               torch.device("cpu"))
     model, template, tokenizer = build(p, labels, features.shape[1], cache_dir(p["cache_dir"]))
     record = fit(model, template, labels, rows, features, p, torch.device("cpu"))
-    assert record["epochs"][-1]["loss"] < record["epochs"][0]["loss"]
+    tune = [e["loss"] for e in record["epochs"] if e["phase"] == "tune"]
+    assert tune[-1] < tune[0]
     cpu = torch.device("cpu")
     tuned = vlm_metrics(labels, rows[:16], *extract(model, template, tokenizer, features[:16], 16, cpu, free=True))
     untuned, template, tokenizer = build(p, labels, features.shape[1], cache_dir(p["cache_dir"]), tune=False)
     base = vlm_metrics(labels, rows[:16], *extract(untuned, template, tokenizer, features[:16], 16, cpu, free=True))
-    assert tuned["valid_json_raw"] >= base["valid_json_raw"] + 0.5  # 12 steps teach most of the format
+    assert tuned["valid_json_raw"] >= base["valid_json_raw"] + 0.5  # 40 steps teach most of the format

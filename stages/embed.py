@@ -5,6 +5,7 @@ Loads the merged checkpoint with plain open_clip (`local-dir:`), as a user of th
 import sys
 from pathlib import Path
 
+import numpy as np
 import open_clip
 import pandas as pd
 import torch
@@ -29,13 +30,18 @@ if __name__ == "__main__":
                        workers=p["workers"])
     with torch.no_grad(), autocast(device):
         images, texts = enc.embed_all("image"), enc.embed_all("text")
-        # the evaluation protocols' own queries: each product's title, each attribute value as a text
+        # the evaluation protocols' own queries: each product's title (mostly one of the captions:
+        # those are looked up, not encoded again), each attribute value as a text
         titles = [product_title(s) for s in samples]
         queries, _ = attribute_queries(samples, ATTRIBUTES)
+        position = {t: i for i, t in enumerate(enc.texts)}
+        other = sorted({t for t in titles if t not in position})
         tokenize = open_clip.get_tokenizer(merged)
-        title_vectors, query_vectors = (
+        other_vectors, query_vectors = (
             encode(model, "text", texts_, lambda b: tokenize(list(b)).to(device), p["batch_size"], device).numpy()
-            for texts_ in (titles, [value for _, value in queries]))
+            for texts_ in (other, [value for _, value in queries]))
+        vectors = {**{t: texts[i] for t, i in position.items()}, **dict(zip(other, other_vectors))}
+        title_vectors = np.stack([vectors[t] for t in titles])
     items = pd.DataFrame([{k: s.get(k) for k in ["product_id", "title", "captions", *ATTRIBUTES]} for s in samples])
     fingerprint = file_fingerprint(Path(f"models/{name}/merged/open_clip_model.safetensors"))
     out = Path("data/embeddings") / name

@@ -10,7 +10,7 @@ from catalog_search.params import load_params
 from catalog_search.training.data import load_split
 from catalog_search.vlm.extract import extract, extract_images, vlm_metrics
 from catalog_search.vlm.language import cache_dir
-from catalog_search.vlm.model import load_vlm, quantized
+from catalog_search.vlm.model import load_vlm
 from catalog_search.vlm.train import build, image_inputs
 
 if __name__ == "__main__":
@@ -18,8 +18,8 @@ if __name__ == "__main__":
     model, template, labels, settings, tokenizer = load_vlm(Path("models/vlm"), cache_dir(p["cache_dir"]))
     test = load_split(Path("data/shards"), "test")
     images = [r["image"] for r in test]
-    answers, _, images_per_s = extract_images(settings, quantized(model, p["quantize"]), template, tokenizer, images,
-                                              p["extract_batch"], device)
+    answers, _, images_per_s = extract_images(settings, model, template, tokenizer, images, p["extract_batch"], device,
+                                              quantize=p["quantize"])
     metrics = {**vlm_metrics(labels, test, answers), "images_per_s": round(images_per_s, 2)}
     free = test[:p["free_rows"]]
     answers, repaired, free_per_s = extract_images(settings, model, template, tokenizer, images[:len(free)],

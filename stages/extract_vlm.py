@@ -10,20 +10,19 @@ from catalog_search.models.encode import pick_device
 from catalog_search.params import load_params
 from catalog_search.vlm.extract import catalog_records, extract_images, needs_extraction
 from catalog_search.vlm.language import cache_dir
-from catalog_search.vlm.model import load_vlm, quantized
+from catalog_search.vlm.model import load_vlm
 
 CATALOG = Path("data/clean/catalog.parquet")
 
 if __name__ == "__main__":
     p, device = load_params()["vlm"], pick_device()
     model, template, labels, settings, tokenizer = load_vlm(Path("models/vlm"), cache_dir(p["cache_dir"]))
-    free = p["decoding"] == "free"
     rows = catalog.load(CATALOG).to_dict("records")
     if p["extract"] == "missing":
         rows = [rows[i] for i in needs_extraction(rows, list(labels.labels))]
     images = [catalog.resolve_image(CATALOG, r["image_path"]).read_bytes() for r in rows]
-    answers, repaired, images_per_s = extract_images(settings, model if free else quantized(model, p["quantize"]),
-                                                     template, tokenizer, images, p["extract_batch"], device, free)
+    answers, repaired, images_per_s = extract_images(settings, model, template, tokenizer, images, p["extract_batch"],
+                                                     device, free=p["decoding"] == "free", quantize=p["quantize"])
     with atomic_path("data/vlm/predictions.jsonl") as tmp:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in catalog_records(rows, answers, repaired)))
     print(f"extract_vlm: {len(rows)} products ({p['extract']}), {sum(repaired)} repaired, {images_per_s:.1f} images/s")

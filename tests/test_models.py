@@ -125,6 +125,40 @@ def test_frozen_feature_cache_equals_full_encoding(demo_shards):
     torch.testing.assert_close(bundle.model.encode_text(trimmed), full, atol=1e-5, rtol=1e-5)
 
 
+def test_frozen_prefix_cache_equals_full_encoding_and_trains_the_same_weights(demo_shards):
+    """LoRA in the last blocks: the blocks below are cached once and give the full tower's
+    embeddings; the loss's gradient reaches the same LoRA tensors with the same values."""
+    from catalog_search.models.towers import find_towers, frozen_prefix
+    from catalog_search.training.data import load_split
+
+    shards, _ = demo_shards
+    bundle = create_model("minilm-efficientnet-lite0", "none", image_size=32)
+    model = bundle.model
+    apply_scenario(model, SCENARIOS["dual_lora"], {**LORA, "image_last_blocks": 2, "text_last_blocks": 2})
+    towers = find_towers(model)
+    prefix = {t: frozen_prefix(model, towers[t], 2) for t in ("image", "text")}
+    assert [p.blocks for p in prefix.values()] == [5, 4]  # of EfficientNet's 7 stages, MiniLM's 6 layers
+    assert frozen_prefix(model, towers["text"], None) is None and frozen_prefix(model, towers["text"], 6) is None
+    samples = load_split(shards, "val")[:12]
+    device = torch.device("cpu")
+    cached = SplitEncoder(model, bundle.preprocess, bundle.tokenizer, samples, set(), device, 5, prefix=prefix)
+    plain = SplitEncoder(model, bundle.preprocess, bundle.tokenizer, samples, set(), device, 5)
+    assert set(cached.cache) == {"image", "text"} and not plain.cache
+    for tower in ("image", "text"):
+        np.testing.assert_allclose(cached.embed_all(tower), plain.embed_all(tower), atol=2e-5)
+    model.eval()  # no dropout: the two paths must then agree on every gradient
+    rows = list(range(6))
+    grads = []
+    for enc in (cached, plain):
+        model.zero_grad()
+        loss = sum(enc.embed(t, rows).square().sum() for t in ("image", "text"))
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert set(grads[0]) == set(grads[1]) and any("lora_" in n for n in grads[0])
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-4, rtol=1e-3)
+
+
 @pytest.mark.parametrize("name", list(MODELS))
 def test_exported_model_loads_in_plain_open_clip_and_peft(tmp_path, name):
     torch.manual_seed(0)

@@ -10,7 +10,6 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 from PIL import Image
-from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
 
 from catalog_search import catalog
 from catalog_search.catalog import ATTRIBUTES, CatalogError
@@ -22,6 +21,8 @@ SPLITS = ["train", "val", "test", "mini_train"]
 
 def _holdout(df: pd.DataFrame, frac: float, stratify: str | None, seed: int) -> np.ndarray:
     """Boolean mask of a ~`frac` holdout that keeps every group on one side."""
+    from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold  # shard only: readers stay light
+
     groups = df["group_id"].to_numpy()
     n_splits = max(2, round(1 / frac))
     if stratify and df[stratify].notna().any() and pd.Series(groups).nunique() >= n_splits:

@@ -13,13 +13,16 @@ import json
 import shutil
 from pathlib import Path
 
-from peft import get_peft_model_state_dict
-from peft.tuners.lora import LoraModel
+from typing import TYPE_CHECKING
+
 from safetensors.torch import save_file
 
 from catalog_search.io import write_json
 from catalog_search.models.registry import ModelBundle
 from catalog_search.models.lora import ADAPTER
+
+if TYPE_CHECKING:
+    from peft.tuners.lora import LoraModel
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
@@ -35,6 +38,8 @@ def save_model(out_dir: Path, bundle: ModelBundle, wrapper: LoraModel | None, ca
     trained = {n: p for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n}
     save_file(_tensors(trained), out_dir / "trained.safetensors")
     if wrapper is not None:
+        from peft import get_peft_model_state_dict  # peft costs ~5 s to import: LoRA scenarios only
+
         (out_dir / "adapter").mkdir(exist_ok=True)
         save_file(_tensors(get_peft_model_state_dict(model, adapter_name=ADAPTER)),
                   out_dir / "adapter" / "adapter_model.safetensors")

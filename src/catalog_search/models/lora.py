@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 import torch.nn as nn
-from peft import LoraConfig
-from peft.tuners.lora import LoraModel
 
 from catalog_search.models.scenarios import Scenario
 from catalog_search.models.towers import find_towers, tower_param_names
+
+if TYPE_CHECKING:  # peft costs ~5 s to import: only scenarios with LoRA load it
+    from peft import LoraConfig
+    from peft.tuners.lora import LoraModel
 
 ADAPTER = "default"
 
@@ -31,6 +34,8 @@ def lora_config(model: nn.Module, scenario: Scenario, lora: dict) -> LoraConfig 
                 for t in ("image", "text") if scenario.tower_mode(t) == "lora"]
     if not patterns:
         return None
+    from peft import LoraConfig
+
     return LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
                       target_modules="|".join(f"(?:{p})" for p in patterns), bias="none")
 
@@ -44,8 +49,11 @@ def projection_param_names(model: nn.Module) -> list[str]:
 
 def apply_scenario(model: nn.Module, scenario: Scenario, lora: dict) -> LoraModel | None:
     """Freeze, inject LoRA and unfreeze in place; returns the peft wrapper when LoRA is used."""
-    config = lora_config(model, scenario, lora)
-    wrapper = LoraModel(model, config, ADAPTER) if config else None  # injects into `model` itself
+    config, wrapper = lora_config(model, scenario, lora), None
+    if config:
+        from peft.tuners.lora import LoraModel
+
+        wrapper = LoraModel(model, config, ADAPTER)  # injects into `model` itself
     names = set(projection_param_names(model)) if scenario.projections else set()
     for tower in find_towers(model).values():
         if scenario.tower_mode(tower.name) == "full":

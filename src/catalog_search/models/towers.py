@@ -1,13 +1,15 @@
-"""Where things are inside each kind of tower: blocks, LoRA targets, projection (DESIGN.md).
+"""Where things are inside each kind of tower: blocks, LoRA targets, projection.
 
 The table is data; `find_towers` only decides which row fits. Splitting a tower into
-features + projection lets a frozen tower's features be computed once and reused.
+features + projection lets a frozen tower's features be computed once and reused; splitting it
+after its first blocks (`frozen_prefix`) does the same for the blocks LoRA leaves untouched.
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from types import SimpleNamespace
+from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -106,3 +108,55 @@ def project(model: nn.Module, tower: Tower, features: torch.Tensor) -> torch.Ten
     if proj is None:
         return features
     return proj(features) if isinstance(proj, nn.Module) else features @ proj
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """A tower cut after its first `blocks` blocks: `run` maps the tower's input to the states
+    there (frozen: computed once), `rest` maps those states to the features before the
+    projection. Text states are zero past each text's end (padding), which is how `rest`
+    finds its attention mask again."""
+    blocks: int
+    run: Callable[[torch.Tensor], torch.Tensor]
+    rest: Callable[[torch.Tensor], torch.Tensor]
+
+
+def _efficientnet_prefix(visual: nn.Module, k: int) -> Prefix:
+    trunk = visual.trunk  # timm EfficientNet: conv_stem, bn1, blocks, conv_head, bn2, then pooling
+    return Prefix(k, lambda x: trunk.blocks[:k](trunk.bn1(trunk.conv_stem(x))),
+                  lambda h: trunk.forward_head(trunk.bn2(trunk.conv_head(trunk.blocks[k:](h)))))
+
+
+def _bert_prefix(text: nn.Module, k: int) -> Prefix | None:
+    from transformers.masking_utils import create_bidirectional_mask
+
+    bert = text.transformer
+    if getattr(bert, "pooler", None) is not None:  # cls_pooler reads BERT's own pooling layer: not split here
+        return None
+
+    def run(tokens: torch.Tensor) -> torch.Tensor:
+        mask = (tokens != text.config.pad_token_id).long()
+        hidden = bert(input_ids=tokens, attention_mask=mask, output_hidden_states=True).hidden_states[k]
+        return hidden * mask[..., None]
+
+    def rest(hidden: torch.Tensor) -> torch.Tensor:
+        mask = (hidden != 0).any(-1).long()
+        attention = create_bidirectional_mask(config=bert.config, inputs_embeds=hidden, attention_mask=mask)
+        for layer in bert.encoder.layer[k:]:
+            hidden = layer(hidden, attention)
+        return text.pooler(SimpleNamespace(last_hidden_state=hidden), mask)
+
+    return Prefix(k, run, rest)
+
+
+PREFIXES: dict[str, Callable[[nn.Module, int], Prefix | None]] = {
+    "EfficientNet": _efficientnet_prefix, "BertFamily": _bert_prefix}
+
+
+def frozen_prefix(model: nn.Module, tower: Tower, last_blocks: int | None) -> Prefix | None:
+    """The part of a LoRA tower below its last `last_blocks` blocks (None where LoRA is in every
+    block or the tower kind has no split in PREFIXES)."""
+    n = len(model.get_submodule(tower.blocks_path))
+    if not last_blocks or last_blocks >= n or tower.kind not in PREFIXES:
+        return None
+    return PREFIXES[tower.kind](model.get_submodule(tower.root), n - last_blocks)

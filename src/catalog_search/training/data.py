@@ -7,11 +7,12 @@ from typing import Callable, Iterator, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torchvision.transforms as T
 
 from catalog_search.evaluation import caption_positives
-from catalog_search.models.encode import encode
-from catalog_search.models.towers import find_towers, project
+from catalog_search.models.encode import autocast, encode, eval_mode
+from catalog_search.models.towers import Prefix, find_towers, project
 from catalog_search.shards import decode_image, iter_samples
 from catalog_search.training.distributed import World, gather_rows
 
@@ -72,13 +73,15 @@ class SplitEncoder:
     Towers named in `frozen` are run once, without their projection, at construction (`cache`
     off runs them every time, for the benchmark); after that only the (trainable) projection
     runs on the cached features. Same result, a fraction of the compute, which is what makes
-    linear_probe and the single-LoRA scenarios cheap. Under data parallelism each rank computes
-    its part of the cache and of `embed_all`, and the parts are gathered.
+    linear_probe and the single-LoRA scenarios cheap. A LoRA tower given in `prefix` is cached
+    the same way up to its first adapted block: each step runs only the blocks that learn (its
+    frozen blocks then run in eval mode: BERT's dropout there is off). Under data parallelism
+    each rank computes its part of the cache and of `embed_all`, and the parts are gathered.
     """
 
     def __init__(self, model: nn.Module, preprocess: Callable, tokenizer: Callable, samples: Sequence[dict],
                  frozen: set[str], device: torch.device, batch_size: int, world: World = World(),
-                 workers: int = 0, cache: bool = True):
+                 workers: int = 0, cache: bool = True, prefix: dict[str, Prefix] | None = None):
         self.model, self.preprocess, self.tokenizer = model, preprocess, tokenizer
         self.to_pixels, self.normalize = split_preprocess(preprocess)
         self.device, self.batch_size, self.world, self.workers = device, batch_size, world, workers
@@ -94,12 +97,35 @@ class SplitEncoder:
         # keep their padding.
         self.trim_pad = tokenizer.tokenizer.pad_token_id if self.towers["text"].kind == "BertFamily" else None
         self.cache: dict[str, torch.Tensor] = {}
+        self.prefix = prefix if cache and prefix else {}
+        self.lengths: dict[str, torch.Tensor] = {}  # a cached text prefix's tokens per row (the rest is padding)
         for tower in sorted(frozen) if cache else []:
             items = self.images if tower == "image" else self.texts
             part = world.split(len(items))
             local = encode(model, tower, items[part], self._input(tower), batch_size, device, projected=False,
                            desc=f"cache frozen {tower} features")
             self.cache[tower] = gather_rows(local, len(items), world)
+        for tower, cut in sorted(self.prefix.items()):
+            items = self.images if tower == "image" else self.texts
+            part = world.split(len(items))
+            self.cache[tower] = gather_rows(self._prefix_states(tower, cut, items[part]), len(items), world)
+            if tower == "text":
+                self.lengths[tower] = (self.cache[tower] != 0).any(-1).sum(1)
+
+    @torch.no_grad()
+    def _prefix_states(self, tower: str, cut: Prefix, items: Sequence) -> torch.Tensor:
+        """`cut.run` over items in batches; text states padded back to the tokenizer's width."""
+        out = []
+        with eval_mode(self.model), autocast(self.device):
+            for start in range(0, len(items), self.batch_size):
+                batch = items[start:start + self.batch_size]
+                if tower == "image":
+                    out.append(cut.run(self._input("image")(batch)).float().cpu())
+                    continue
+                tokens = self.tokenizer(list(batch))
+                states = cut.run(self._token_rows(tokens)).float().cpu()
+                out.append(F.pad(states, (0, 0, 0, tokens.shape[1] - states.shape[1])))
+        return torch.cat(out) if out else torch.empty(0)
 
     def _input(self, tower: str) -> Callable:
         if tower == "image":
@@ -118,14 +144,18 @@ class SplitEncoder:
     def inputs(self, tower: str, idx: Sequence[int]) -> torch.Tensor:
         """What `embed_inputs` takes for rows `idx`: cached features, pixels or tokens."""
         if tower in self.cache:
-            return self.cache[tower][list(idx)].to(self.device)
+            rows = list(idx)
+            x = self.cache[tower][rows]
+            if tower in self.lengths:  # a text prefix: only the columns some row of the batch uses
+                x = x[:, : int(self.lengths[tower][rows].max())]
+            return x.to(self.device)
         items = self.images if tower == "image" else self.texts
         return self._input(tower)([items[i] for i in idx])
 
     def embed_inputs(self, tower: str, x: torch.Tensor) -> torch.Tensor:
         """Embeddings (projected, not normalised) with autograd; `x` may be a slice of `inputs`."""
         if tower in self.cache:
-            return project(self.model, self.towers[tower], x)
+            return project(self.model, self.towers[tower], self.prefix[tower].rest(x) if tower in self.prefix else x)
         return self.model.encode_image(x) if tower == "image" else self.model.encode_text(x)
 
     def embed(self, tower: str, idx: Sequence[int]) -> torch.Tensor:

@@ -23,7 +23,7 @@ from catalog_search.evaluation import normalise, retrieval_metrics
 from catalog_search.models.encode import autocast, eval_mode
 from catalog_search.models.registry import ModelBundle
 from catalog_search.models.scenarios import Scenario
-from catalog_search.models.towers import find_towers
+from catalog_search.models.towers import find_towers, frozen_prefix
 from catalog_search.params import ParamsError
 from catalog_search.training import checkpoint
 from catalog_search.training.data import SplitEncoder
@@ -120,7 +120,11 @@ def train(bundle: ModelBundle, scenario: Scenario, train_samples: list[dict], va
     bs, micro = cfg["batch_size"], cfg["micro_batch_size"] or cfg["batch_size"]
     if bs % world.size:
         raise ParamsError(f"train.batch_size={bs} must be a multiple of the number of processes ({world.size})")
-    enc_args = dict(frozen=frozen, device=device, batch_size=micro, world=world, cache=cfg["feature_cache"])
+    towers = find_towers(model)
+    prefix = {t: cut for t in ("image", "text") if scenario.tower_mode(t) == "lora"
+              and (cut := frozen_prefix(model, towers[t], cfg["lora"][f"{t}_last_blocks"]))}
+    enc_args = dict(frozen=frozen, prefix=prefix, device=device, batch_size=micro, world=world,
+                    cache=cfg["feature_cache"])
     val_enc = SplitEncoder(model, bundle.preprocess, bundle.tokenizer, val_samples, **enc_args)
     total_from_epochs = cfg["epochs"] * (len(train_samples) // bs)
     total = cfg["max_steps"] or total_from_epochs

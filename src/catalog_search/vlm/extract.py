@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from catalog_search.attributes.labels import OTHER, LabelSet, known
 from catalog_search.vlm.decode import decode_constrained
-from catalog_search.vlm.model import AttributeVLM
+from catalog_search.vlm.model import AttributeVLM, quantized
 from catalog_search.vlm.template import JsonTemplate
 from catalog_search.vlm.train import image_inputs
 
@@ -38,10 +38,12 @@ def extract(model: AttributeVLM, template: JsonTemplate, tokenizer, inputs: torc
 
 
 def extract_images(settings: dict, model: AttributeVLM, template: JsonTemplate, tokenizer, images: Sequence[bytes],
-                   batch_size: int, device: torch.device, free: bool = False
+                   batch_size: int, device: torch.device, free: bool = False, quantize: str | None = None
                    ) -> tuple[list[dict[str, str]], list[bool], float]:
     """`extract` from encoded images: (answers, repaired, images/s from the bytes to the answer,
-    the frozen backbone's features included)."""
+    the frozen backbone's features included). Constrained decoding runs the `quantize`d copy,
+    free generation the float model (see `quantized`)."""
+    model = model if free else quantized(model, quantize)
     start = time.perf_counter()
     inputs = image_inputs(settings, images, batch_size, device)
     answers, repaired = extract(model, template, tokenizer, inputs, batch_size, device, free)

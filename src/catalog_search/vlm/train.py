@@ -110,6 +110,8 @@ def fit(model: AttributeVLM, template: JsonTemplate, labels: LabelSet, rows: Seq
     for phase, epochs, lr, params, order_of in phases:
         if not epochs:
             continue
+        for p in projector + adapters:  # only this phase's parameters: backward stops where they start
+            p.requires_grad_(any(p is q for q in params))
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg["weight_decay"])
         steps = epochs * math.ceil(len(order_of) / cfg["batch_size"])
         schedule = cosine_lr(optimizer, lr, int(cfg["warmup_fraction"] * steps), steps)
@@ -137,6 +139,8 @@ def fit(model: AttributeVLM, template: JsonTemplate, labels: LabelSet, rows: Seq
                 live.next_step()
         record[f"{phase}_steps"] = steps
     trainable = projector + adapters
+    for p in trainable:
+        p.requires_grad_(True)
     record.update(final_loss=record["epochs"][-1]["loss"], train_seconds=round(time.perf_counter() - start, 1),
                   trainable_params=sum(p.numel() for p in trainable),
                   total_params=sum(p.numel() for p in model.parameters()))

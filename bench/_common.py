@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from catalog_search.models.encode import pick_device
+from catalog_search.core.device import pick_device
 from catalog_search.models.lora import apply_scenario
 from catalog_search.models.registry import ModelBundle, create_model
 from catalog_search.models.scenarios import SCENARIOS

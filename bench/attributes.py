@@ -37,9 +37,9 @@ def one_variant(overrides: dict) -> dict:
 
     from catalog_search.attributes.evaluate import attribute_metrics
     from catalog_search.attributes.train import predict_probs, train_classifier
-    from catalog_search.models.encode import pick_device
+    from catalog_search.core.device import pick_device
     from catalog_search.params import load_params
-    from catalog_search.training.data import load_split
+    from catalog_search.core.data import load_split
 
     cfg = {**load_params()["attributes"], **overrides}
     shards = Path("data/shards")

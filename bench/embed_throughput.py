@@ -11,7 +11,7 @@ import time
 import torch
 
 from _common import build, parser, samples
-from catalog_search.models.encode import autocast
+from catalog_search.core.device import autocast
 from catalog_search.training.data import SplitEncoder
 
 

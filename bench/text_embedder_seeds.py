@@ -9,10 +9,10 @@ import json
 from pathlib import Path
 from statistics import mean
 
+from catalog_search.core.data import load_split
 from catalog_search.params import load_params
 from catalog_search.text_embedder import load_model
 from catalog_search.text_embedder.train import evaluate, train
-from catalog_search.training.data import load_split
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from peft import PeftModel
 
+from catalog_search.core.data import load_split
 from catalog_search.params import load_params
 from catalog_search.text_embedder import load_model
-from catalog_search.training.data import load_split
 
 
 def texts_per_second(model, texts: list[str]) -> float:

@@ -20,7 +20,7 @@ import torch
 from open_clip.loss import ClipLoss
 
 from _common import build, parser, samples, train_cfg
-from catalog_search.models.encode import autocast
+from catalog_search.core.device import autocast
 from catalog_search.models.scenarios import SCENARIOS
 from catalog_search.training.data import trim_padding
 from catalog_search.training.trainer import train

@@ -14,12 +14,13 @@ from pathlib import Path
 import torch
 import yaml
 
-from catalog_search.attributes.labels import LabelSet
+from catalog_search.core.data import load_split
+from catalog_search.core.labels import LabelSet
 from catalog_search.params import load_params
-from catalog_search.training.data import load_split
+from catalog_search.vlm.build import build
 from catalog_search.vlm.extract import extract, vlm_metrics
 from catalog_search.vlm.language import cache_dir
-from catalog_search.vlm.train import build, fit, image_inputs
+from catalog_search.vlm.train import fit, image_inputs
 
 
 def main() -> None:

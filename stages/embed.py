@@ -11,11 +11,13 @@ import pandas as pd
 import torch
 
 from catalog_search.catalog import ATTRIBUTES
+from catalog_search.core.data import load_split
+from catalog_search.core.device import autocast, pick_device
 from catalog_search.evaluation import attribute_queries
 from catalog_search.index import file_fingerprint, product_title, save_embeddings, save_queries
-from catalog_search.models.encode import autocast, encode, pick_device
+from catalog_search.models.encode import encode
 from catalog_search.params import load_params
-from catalog_search.training.data import SplitEncoder, load_split
+from catalog_search.training.data import SplitEncoder
 
 if __name__ == "__main__":
     name = sys.argv[1]

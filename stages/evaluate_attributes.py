@@ -5,10 +5,10 @@ from pathlib import Path
 from catalog_search.attributes.evaluate import attribute_metrics, confusion_rows
 from catalog_search.attributes.model import load_classifier
 from catalog_search.attributes.train import predict_probs
+from catalog_search.core.data import load_split
+from catalog_search.core.device import pick_device
 from catalog_search.io import write_json
-from catalog_search.models.encode import pick_device
 from catalog_search.params import load_params
-from catalog_search.training.data import load_split
 
 if __name__ == "__main__":
     p = load_params()["attributes"]

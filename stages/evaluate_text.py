@@ -1,11 +1,11 @@
 """evaluate_text: base (pretrained, zero-shot) vs tuned text embedder on the test split -> metrics/text_embedder.json."""
 from pathlib import Path
 
+from catalog_search.core.data import load_split
 from catalog_search.io import write_json
 from catalog_search.params import load_params
 from catalog_search.text_embedder import load_model
 from catalog_search.text_embedder.train import evaluate
-from catalog_search.training.data import load_split
 
 if __name__ == "__main__":
     p = load_params()["text_embedder"]

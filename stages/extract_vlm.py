@@ -5,12 +5,12 @@ import json
 from pathlib import Path
 
 from catalog_search import catalog
+from catalog_search.core.device import pick_device
 from catalog_search.io import atomic_path
-from catalog_search.models.encode import pick_device
 from catalog_search.params import load_params
+from catalog_search.vlm.build import load_vlm
 from catalog_search.vlm.extract import catalog_records, extract_images, needs_extraction
 from catalog_search.vlm.language import cache_dir
-from catalog_search.vlm.model import load_vlm
 
 CATALOG = Path("data/clean/catalog.parquet")
 

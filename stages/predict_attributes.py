@@ -7,8 +7,8 @@ from catalog_search import catalog
 from catalog_search.attributes.evaluate import catalog_predictions, prediction_summary
 from catalog_search.attributes.model import load_classifier
 from catalog_search.attributes.train import predict_probs
+from catalog_search.core.device import pick_device
 from catalog_search.io import atomic_path, write_json
-from catalog_search.models.encode import pick_device
 from catalog_search.params import load_params
 
 CATALOG = Path("data/clean/catalog.parquet")

@@ -10,16 +10,17 @@ import pandas as pd
 import torch
 
 from catalog_search.checks import validate
+from catalog_search.core.adapters import trainable_summary
+from catalog_search.core.data import load_split
+from catalog_search.core.device import pick_device
 from catalog_search.io import write_json
 from catalog_search.models.captioner import GenericCaptioner
-from catalog_search.models.encode import pick_device
 from catalog_search.models.export import save_model
-from catalog_search.models.lora import apply_scenario, trainable_summary
+from catalog_search.models.lora import apply_scenario
 from catalog_search.models.registry import create_model
 from catalog_search.models.scenarios import get_scenario
 from catalog_search.params import deep_merge, load_params
 from catalog_search.shards import decode_image
-from catalog_search.training.data import load_split
 from catalog_search.training.pretrain import build_corpus, check_templates
 from catalog_search.training.trainer import train
 

@@ -12,15 +12,16 @@ import torch
 from dvclive import Live
 
 from catalog_search.checks import validate
+from catalog_search.core.adapters import trainable_summary
+from catalog_search.core.data import load_split
+from catalog_search.core.device import pick_device
 from catalog_search.io import write_json
-from catalog_search.models.encode import pick_device
 from catalog_search.models.export import save_model
-from catalog_search.models.lora import apply_scenario, trainable_summary
+from catalog_search.models.lora import apply_scenario
 from catalog_search.models.registry import create_model
 from catalog_search.models.scenarios import get_scenario, scenario_config
 from catalog_search.params import load_params
 from catalog_search.training import checkpoint, distributed
-from catalog_search.training.data import load_split
 from catalog_search.training.trainer import train
 
 

@@ -4,12 +4,12 @@ from pathlib import Path
 from dvclive import Live
 
 from catalog_search.attributes.model import save_classifier
-from catalog_search.checks import validate
 from catalog_search.attributes.train import train_classifier
+from catalog_search.checks import validate
+from catalog_search.core.data import load_split
+from catalog_search.core.device import pick_device
 from catalog_search.io import write_json
-from catalog_search.models.encode import pick_device
 from catalog_search.params import load_params
-from catalog_search.training.data import load_split
 
 SHARDS = Path("data/shards")
 SAVED = ("backbone", "image_size", "heads", "hierarchy", "head_hidden", "mode", "lora")

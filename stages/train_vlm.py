@@ -4,15 +4,15 @@ from pathlib import Path
 
 from dvclive import Live
 
-from catalog_search.attributes.labels import LabelSet
 from catalog_search.checks import validate
+from catalog_search.core.data import load_split
+from catalog_search.core.device import pick_device
+from catalog_search.core.labels import LabelSet
 from catalog_search.io import write_json
-from catalog_search.models.encode import pick_device
 from catalog_search.params import load_params
-from catalog_search.training.data import load_split
+from catalog_search.vlm.build import build, save_vlm
 from catalog_search.vlm.language import cache_dir
-from catalog_search.vlm.model import save_vlm
-from catalog_search.vlm.train import build, fit, image_inputs
+from catalog_search.vlm.train import fit, image_inputs
 
 SAVED = ("language", "layers", "backbone", "image_size", "prompt", "seed")
 

@@ -9,13 +9,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from catalog_search.attributes.backbone import Backbone, build_backbone
 from catalog_search.attributes.evaluate import (attribute_metrics, catalog_predictions, confusion_rows,
                                                 prediction_summary)
-from catalog_search.attributes.labels import MISSING, OTHER, LabelSet
 from catalog_search.attributes.model import (AttributeClassifier, load_classifier, prepare, save_classifier,
                                              set_train_mode)
 from catalog_search.attributes.train import AttributeLoss, predict_probs, train_classifier
+from catalog_search.core.backbones import Backbone, build_backbone
+from catalog_search.core.labels import MISSING, OTHER, LabelSet
 from catalog_search.params import ParamsError, load_params
 from conftest import ROOT, assert_frozen_unchanged
 
@@ -154,7 +154,7 @@ def test_backbones_take_lora_where_the_towers_table_says_and_every_lora_tensor_l
 
 @pytest.fixture(scope="module")
 def trained(demo_shards, tmp_path_factory):
-    from catalog_search.training.data import load_split
+    from catalog_search.core.data import load_split
 
     shards, _ = demo_shards
     cfg = load_params(ROOT / "params.yaml")["attributes"]

@@ -5,11 +5,11 @@ Slow (about a minute on 2 cores): run with `make test-slow` or `pytest -m slow`.
 import pytest
 import torch
 
+from catalog_search.core.data import load_split
 from catalog_search.models.lora import apply_scenario
 from catalog_search.models.registry import create_model
 from catalog_search.models.scenarios import SCENARIOS, scenario_config
 from catalog_search.params import load_params
-from catalog_search.training.data import load_split
 from catalog_search.training.trainer import train
 from conftest import ROOT
 

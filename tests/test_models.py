@@ -12,9 +12,10 @@ from PIL import Image
 from safetensors.torch import load_file
 from sklearn.datasets import load_sample_image
 
+from catalog_search.core.adapters import ADAPTER
+from catalog_search.core.packaged import load_efficientnet_lite0
 from catalog_search.models.export import save_model
-from catalog_search.models.lora import ADAPTER, apply_scenario, lora_config
-from catalog_search.models.packaged import load_efficientnet_lite0
+from catalog_search.models.lora import apply_scenario, scenario_lora_config
 from catalog_search.models.registry import ModelUnavailable, create_model
 from catalog_search.models.scenarios import SCENARIOS
 from catalog_search.params import ParamsError
@@ -97,7 +98,7 @@ def test_lora_on_out_proj_alone_never_learns():
 
 def test_lora_last_blocks_limits_targets():
     bundle = create_model("minilm-efficientnet-lite0", "none", image_size=32)
-    config = lora_config(bundle.model, SCENARIOS["dual_lora"], {**LORA, "text_last_blocks": 1})
+    config = scenario_lora_config(bundle.model, SCENARIOS["dual_lora"], {**LORA, "text_last_blocks": 1})
     model = bundle.model
     LoraModel(model, config, ADAPTER)
     wrapped = {n.rsplit(".lora_", 1)[0] for n, _ in model.named_parameters() if "lora_" in n}
@@ -107,7 +108,7 @@ def test_lora_last_blocks_limits_targets():
 
 
 def test_frozen_feature_cache_equals_full_encoding(demo_shards):
-    from catalog_search.training.data import load_split
+    from catalog_search.core.data import load_split
 
     shards, _ = demo_shards
     bundle = create_model("minilm-efficientnet-lite0", "none", image_size=32)
@@ -128,8 +129,8 @@ def test_frozen_feature_cache_equals_full_encoding(demo_shards):
 def test_frozen_prefix_cache_equals_full_encoding_and_trains_the_same_weights(demo_shards):
     """LoRA in the last blocks: the blocks below are cached once and give the full tower's
     embeddings; the loss's gradient reaches the same LoRA tensors with the same values."""
-    from catalog_search.models.towers import find_towers, frozen_prefix
-    from catalog_search.training.data import load_split
+    from catalog_search.core.towers import find_towers, frozen_prefix
+    from catalog_search.core.data import load_split
 
     shards, _ = demo_shards
     bundle = create_model("minilm-efficientnet-lite0", "none", image_size=32)

@@ -5,9 +5,10 @@ import torch
 import torch.nn.functional as F
 from open_clip.loss import ClipLoss, SigLipLoss
 
-from catalog_search.models.encode import autocast, eval_mode
+from catalog_search.core.data import load_split
+from catalog_search.core.device import autocast, eval_mode
 from catalog_search.models.registry import create_model
-from catalog_search.training.data import SplitEncoder, load_split
+from catalog_search.training.data import SplitEncoder
 from catalog_search.training.losses import MultiPositiveClipLoss, MultiPositiveSigLipLoss
 from catalog_search.training.mining import hard_batches, mine
 

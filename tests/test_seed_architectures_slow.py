@@ -11,12 +11,13 @@ import open_clip
 import pytest
 import torch
 
-from catalog_search.models import packaged
-from catalog_search.models.encode import autocast
+from catalog_search.core import packaged
+from catalog_search.core.data import load_split
+from catalog_search.core.device import autocast
 from catalog_search.models.lora import apply_scenario
 from catalog_search.models.registry import ModelUnavailable, create_model
 from catalog_search.models.scenarios import SCENARIOS
-from catalog_search.training.data import SplitEncoder, load_split
+from catalog_search.training.data import SplitEncoder
 from catalog_search.training.distributed import World
 from catalog_search.training.gradcache import contrastive_step
 from catalog_search.training.trainer import contrastive_loss, logit_args, param_groups, set_train_mode

@@ -6,13 +6,13 @@ import torch
 from peft import PeftModel
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
 
-from catalog_search.models.packaged import minilm_path
+from catalog_search.core.data import load_split
+from catalog_search.core.packaged import minilm_path
 from catalog_search.text_embedder import load_model, retrieval_task, training_pairs
 from catalog_search.text_embedder.train import evaluate, save, train
-from catalog_search.training.data import load_split
 
 CFG = {"lora": {"r": 4, "alpha": 8, "dropout": 0.0, "targets": ["query", "value"]}, "temperature": 0.05, "epochs": 1,
-       "batch_size": 8, "lr": 1e-3, "warmup_ratio": 0.05, "grad_clip": 1.0, "weight_decay": 0.0, "log_every": 5}
+       "batch_size": 8, "lr": 1e-3, "warmup_fraction": 0.05, "grad_clip": 1.0, "weight_decay": 0.0, "log_every": 5}
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,14 @@ import json
 import pytest
 import torch
 
-from catalog_search.attributes.labels import LabelSet
+from catalog_search.core.labels import LabelSet
+from catalog_search.vlm.build import build, load_vlm, save_vlm
 from catalog_search.vlm.decode import decode_constrained
 from catalog_search.vlm.extract import catalog_records, extract, needs_extraction, vlm_metrics
 from catalog_search.vlm.language import cache_dir, load_tokenizer
-from catalog_search.vlm.model import load_vlm, quantized, save_vlm
+from catalog_search.vlm.model import quantized
 from catalog_search.vlm.template import IGNORE, JsonTemplate
-from catalog_search.vlm.train import build, fit, image_features
+from catalog_search.vlm.train import fit, image_inputs
 
 ATTRS = ["category", "color", "pattern"]
 
@@ -32,14 +33,14 @@ def trained(demo_shards, cfg):
     rows = rows.to_dict("records")[:48]
     labels = LabelSet.fit(rows, {a: [] for a in ATTRS}, 2, "none")
     images = [r["image"] for r in _images(demo_shards, rows)]
-    features = image_features(cfg["backbone"], cfg["image_size"], images, 64, torch.device("cpu"))
+    features = image_inputs(cfg, images, 64, torch.device("cpu"))
     model, template, tokenizer = build(cfg, labels, features.shape[1], cache_dir(cfg["cache_dir"]))
     record = fit(model, template, labels, rows, features, cfg, torch.device("cpu"))
     return model, template, tokenizer, labels, rows, features, record
 
 
 def _images(demo_shards, rows):
-    from catalog_search.training.data import load_split
+    from catalog_search.core.data import load_split
 
     shards, _ = demo_shards
     by_id = {r["product_id"]: r for split in ("train", "val", "test") for r in load_split(shards, split)}

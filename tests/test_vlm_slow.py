@@ -5,11 +5,12 @@ cores): `make test-slow`."""
 import pytest
 import torch
 
-from catalog_search.attributes.labels import LabelSet
+from catalog_search.core.labels import LabelSet
 from catalog_search.params import load_params
+from catalog_search.vlm.build import build
 from catalog_search.vlm.extract import extract, vlm_metrics
 from catalog_search.vlm.language import cache_dir
-from catalog_search.vlm.train import build, fit, image_features
+from catalog_search.vlm.train import fit, image_inputs
 from conftest import ROOT
 from test_vlm import _images
 
@@ -21,7 +22,7 @@ def test_default_vlm_learns_the_answer_format(demo_shards):
     _, kept = demo_shards
     rows = kept.to_dict("records")[:64]
     labels = LabelSet.fit(rows, {a: [] for a in p["attributes"]}, 2, "none")
-    features = image_features(p["backbone"], p["image_size"], [r["image"] for r in _images(demo_shards, rows)], 64,
+    features = image_inputs(p, [r["image"] for r in _images(demo_shards, rows)], 64,
                               torch.device("cpu"))
     model, template, tokenizer = build(p, labels, features.shape[1], cache_dir(p["cache_dir"]))
     record = fit(model, template, labels, rows, features, p, torch.device("cpu"))

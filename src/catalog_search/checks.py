@@ -5,15 +5,16 @@ from __future__ import annotations
 import re
 
 from catalog_search.attributes import MODES
-from catalog_search.attributes.labels import CLASS_WEIGHTS, check_heads
 from catalog_search.catalog import ATTRIBUTES
 from catalog_search.cleaning import BACKENDS
 from catalog_search.cleaning.dedupe import ACTIONS
 from catalog_search.cleaning.openai_batch import ATTRIBUTE_FIELDS
+from catalog_search.core.device import PRECISIONS
+from catalog_search.core.labels import CLASS_WEIGHTS, check_heads
 from catalog_search.evaluation import SCORES
 from catalog_search.index import INDEX_KINDS
 from catalog_search.models import open_clip_architectures, project_configs
-from catalog_search.models.scenarios import LOSSES, POSITIVES, PRECISIONS, SCENARIOS, scenario_config, wise_ft_params
+from catalog_search.models.scenarios import LOSSES, POSITIVES, SCENARIOS, scenario_config, wise_ft_params
 from catalog_search.params import ParamsError, check_choice
 from catalog_search.serving.config import serve_params
 from catalog_search.sources import READERS

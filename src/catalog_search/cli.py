@@ -54,7 +54,7 @@ def image_attributes(paths: list[Path], model_dir: Path) -> list[dict]:
     from catalog_search.attributes.evaluate import catalog_predictions
     from catalog_search.attributes.model import load_classifier
     from catalog_search.attributes.train import predict_probs
-    from catalog_search.models.encode import pick_device
+    from catalog_search.core.device import pick_device
     from catalog_search.params import load_params
 
     for path in paths:

@@ -6,7 +6,7 @@ from typing import Sequence
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 
-from catalog_search.attributes.labels import OTHER, LabelSet, known
+from catalog_search.core.labels import LabelSet, OTHER, known, search_value
 
 
 def predicted_labels(labels: LabelSet, probs: dict[str, np.ndarray]) -> dict[str, list[str]]:
@@ -49,20 +49,15 @@ def confusion_rows(labels: LabelSet, rows: Sequence[dict], probs: dict[str, np.n
 
 def catalog_predictions(labels: LabelSet, rows: Sequence[dict], probs: dict[str, np.ndarray],
                         min_confidence: float) -> list[dict]:
-    """One record per product: for each attribute the model's prediction and confidence, and the
-    value search should use: the catalog's where it has one (`source: catalog`), else a confident
-    prediction (`source: predicted`), else none. "other" never fills a gap: it names no value."""
+    """One record per product: for each attribute the model's prediction, its confidence and the
+    value search should use (`search_value`: a prediction fills a gap at `min_confidence`)."""
     out = []
     for i, row in enumerate(rows):
         attrs = {}
         for a, enc in labels.labels.items():
             k = int(probs[a][i].argmax())
-            guess, confidence = enc.classes[k], round(float(probs[a][i][k]), 4)
-            given = row.get(a) if known(row.get(a)) else None
-            fill = given is None and confidence >= min_confidence and guess != OTHER
-            attrs[a] = {"value": given if given is not None else guess if fill else None,
-                        "source": "catalog" if given is not None else "predicted" if fill else None,
-                        "prediction": guess, "confidence": confidence}
+            confidence = round(float(probs[a][i][k]), 4)
+            attrs[a] = {**search_value(row.get(a), enc.classes[k], confidence >= min_confidence), "confidence": confidence}
         out.append({"product_id": row["product_id"], "attributes": attrs})
     return out
 

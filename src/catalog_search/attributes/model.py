@@ -16,19 +16,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
-from peft import LoraConfig, get_peft_model_state_dict
 from peft.tuners.lora import LoraModel
 from safetensors.torch import load_file, save_file
 
 from catalog_search.attributes import MODES
-from catalog_search.attributes.backbone import Backbone, build_backbone
-from catalog_search.attributes.labels import LabelSet
+from catalog_search.core import adapters
+from catalog_search.core.adapters import ADAPTER, lora_target_regex, save_adapter, train_except_batchnorm
+from catalog_search.core.backbones import Backbone, build_backbone
+from catalog_search.core.labels import LabelSet
 from catalog_search.io import atomic_path, write_json
-from catalog_search.models.lora import ADAPTER, lora_target_regex
 from catalog_search.params import check_choice
+
+if TYPE_CHECKING:
+    from peft import LoraConfig
 
 
 def head(inputs: int, hidden: int, classes: int) -> nn.Module:
@@ -58,16 +62,16 @@ class AttributeClassifier(nn.Module):
         return self.classify(self.backbone(pixels))
 
 
-def lora_config(backbone: Backbone, lora: dict) -> LoraConfig:
+def backbone_lora_config(backbone: Backbone, lora: dict) -> LoraConfig:
+    """LoRA in the backbone's last `lora.last_blocks` blocks (the towers table says which modules)."""
     target = lora_target_regex(backbone, backbone.blocks_path, backbone.lora_targets, lora.get("last_blocks"))
-    return LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-                      target_modules=rf"backbone\.{target}", bias="none")
+    return adapters.lora_config(lora, rf"backbone\.{target}")
 
 
 def prepare(model: AttributeClassifier, mode: str, lora: dict) -> LoraModel | None:
     """Freeze what `mode` keeps fixed and inject LoRA (in place); the heads always train."""
     check_choice("attributes.mode", mode, MODES)
-    wrapper = LoraModel(model, lora_config(model.backbone, lora), ADAPTER) if mode == "lora" else None
+    wrapper = LoraModel(model, backbone_lora_config(model.backbone, lora), ADAPTER) if mode == "lora" else None
     for name, param in model.named_parameters():
         param.requires_grad = mode == "full" or name.startswith("heads.") or "lora_" in name
     return wrapper
@@ -78,17 +82,7 @@ def set_train_mode(model: AttributeClassifier, mode: str) -> None:
     would overwrite the pretrained running means with this catalog's) unless mode is `full`."""
     model.train()
     if mode != "full":
-        for m in model.backbone.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
-
-
-def trainable_summary(model: nn.Module) -> dict[str, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    backbone = sum(p.numel() for n, p in model.named_parameters() if n.startswith("backbone.") and "lora_" not in n)
-    return {"trainable_params": trainable, "backbone_params": backbone,
-            "lora_params": sum(p.numel() for n, p in model.named_parameters() if "lora_" in n),
-            "head_params": sum(p.numel() for n, p in model.named_parameters() if n.startswith("heads."))}
+        train_except_batchnorm(model.backbone.modules())
 
 
 def save_classifier(out_dir: Path, model: AttributeClassifier, wrapper: LoraModel | None, labels: LabelSet,
@@ -100,10 +94,7 @@ def save_classifier(out_dir: Path, model: AttributeClassifier, wrapper: LoraMode
     with atomic_path(out_dir / "trained.safetensors") as tmp:
         save_file({n: t.detach().contiguous().cpu() for n, t in state.items()}, str(tmp))
     if wrapper is not None:
-        (out_dir / "adapter").mkdir(exist_ok=True)
-        save_file({n: t.contiguous().cpu() for n, t in get_peft_model_state_dict(model, adapter_name=ADAPTER).items()},
-                  str(out_dir / "adapter" / "adapter_model.safetensors"))
-        wrapper.peft_config[ADAPTER].save_pretrained(str(out_dir / "adapter"))
+        save_adapter(out_dir / "adapter", model, wrapper.peft_config[ADAPTER])
     labels.save(out_dir / "labels.json")
     write_json(out_dir / "config.json", config)
 
@@ -118,7 +109,7 @@ def load_classifier(model_dir: Path, models_root: Path = Path("models")) -> tupl
     backbone = build_backbone(config["backbone"], config["image_size"], models_root)
     model = AttributeClassifier(backbone, labels, config["head_hidden"], config["hierarchy"])
     if config["mode"] == "lora":
-        LoraModel(model, lora_config(model.backbone, config["lora"]), ADAPTER)
+        LoraModel(model, backbone_lora_config(model.backbone, config["lora"]), ADAPTER)
     missing, unexpected = model.load_state_dict(load_file(model_dir / "trained.safetensors"), strict=False)
     if unexpected or any(n.startswith("heads.") or "lora_" in n for n in missing):
         raise RuntimeError(f"{model_dir}/trained.safetensors does not fit its config.json: "

@@ -8,7 +8,7 @@ from __future__ import annotations
 import resource
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -18,11 +18,12 @@ import torchvision.transforms as T
 from open_clip_train.scheduler import cosine_lr
 from tqdm import tqdm
 
-from catalog_search.attributes.backbone import build_backbone
-from catalog_search.attributes.labels import MISSING, LabelSet
-from catalog_search.attributes.model import AttributeClassifier, prepare, set_train_mode, trainable_summary
-from catalog_search.models.encode import autocast, eval_mode
-from catalog_search.shards import decode_image
+from catalog_search.attributes.model import AttributeClassifier, prepare, set_train_mode
+from catalog_search.core.adapters import trainable_summary
+from catalog_search.core.backbones import backbone_features, build_backbone, pixel_batches
+from catalog_search.core.data import ImageRows, image_transform, loader
+from catalog_search.core.device import autocast, eval_mode
+from catalog_search.core.labels import LabelSet, MISSING
 
 
 class AttributeLoss(nn.Module):
@@ -49,52 +50,12 @@ class AttributeLoss(nn.Module):
         return total, parts
 
 
-def image_transform(size: int, mean: Sequence[float], std: Sequence[float], augment: bool = False) -> Callable:
-    """Resize + centre crop + normalise; `augment` adds horizontal flips, never colour changes
-    (colour is a label)."""
-    steps = [T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size)]
-    steps += [T.RandomHorizontalFlip()] if augment else []
-    return T.Compose([*steps, T.ToTensor(), T.Normalize(mean, std)])
-
-
-class ImageRows(torch.utils.data.Dataset):
-    """(pixels, targets) per row, decoded on the fly (in DataLoader workers when there are any)."""
-
-    def __init__(self, images: Sequence[bytes], targets: np.ndarray, transform: Callable):
-        self.images, self.targets, self.transform = images, torch.from_numpy(targets), transform
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.transform(decode_image(self.images[i])), self.targets[i]
-
-
-def loader(dataset: torch.utils.data.Dataset, batch_size: int, shuffle: bool, workers: int, seed: int = 0):
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-                                       generator=torch.Generator().manual_seed(seed))
-
-
-@torch.no_grad()
-def backbone_features(model: AttributeClassifier, images: Sequence[bytes], batch_size: int, workers: int,
-                      device: torch.device) -> torch.Tensor:
-    b = model.backbone
-    data = ImageRows(images, np.zeros((len(images), 0), np.int64), image_transform(b.image_size, b.mean, b.std))
-    out = []
-    with eval_mode(model), autocast(device):
-        for x, _ in tqdm(loader(data, batch_size, False, workers), desc="backbone features", unit="batch"):
-            out.append(b(x.to(device)).float().cpu())
-    return torch.cat(out)
-
-
 @torch.no_grad()
 def predict_probs(model: AttributeClassifier, images: Sequence[bytes], batch_size: int, device: torch.device,
                   workers: int = 0, features: torch.Tensor | None = None) -> dict[str, np.ndarray]:
     """Class probabilities per head, (n_images, n_classes) each; `features` skips the backbone."""
-    b = model.backbone
     if features is None:
-        data = ImageRows(images, np.zeros((len(images), 0), np.int64), image_transform(b.image_size, b.mean, b.std))
-        batches = (x for x, _ in loader(data, batch_size, False, workers))
+        batches = pixel_batches(model.backbone, images, batch_size, workers)
     else:
         batches = features.split(batch_size)
     out: dict[str, list] = {a: [] for a in model.heads}
@@ -141,9 +102,9 @@ def fit(model: AttributeClassifier, labels: LabelSet, train_rows: Sequence[dict]
         torch.cuda.reset_peak_memory_stats(device)
     memory_before = memory_mb(device, peak=False)
     if cached:
-        data = torch.utils.data.TensorDataset(backbone_features(model, train_images, bs, workers, device),
+        data = torch.utils.data.TensorDataset(backbone_features(b, train_images, bs, device, workers),
                                               torch.from_numpy(y_train))
-        val_features = backbone_features(model, val_images, bs, workers, device)
+        val_features = backbone_features(b, val_images, bs, device, workers)
     else:
         data = ImageRows(train_images, y_train, image_transform(b.image_size, b.mean, b.std, cfg["augment"]))
         val_features = None
@@ -156,6 +117,7 @@ def fit(model: AttributeClassifier, labels: LabelSet, train_rows: Sequence[dict]
     step, start, history = 0, time.perf_counter(), []
     for epoch in range(cfg["epochs"]):
         set_train_mode(model, cfg["mode"])
+        losses = []
         for x, y in tqdm(batches, desc=f"attributes epoch {epoch + 1}/{cfg['epochs']}", unit="batch"):
             schedule(step)
             with autocast(device):
@@ -166,19 +128,20 @@ def fit(model: AttributeClassifier, labels: LabelSet, train_rows: Sequence[dict]
             nn.utils.clip_grad_norm_(params, cfg["grad_clip"])
             optimizer.step()
             step += 1
+            losses.append(float(loss.detach()))
             if live is not None:
-                live.log_metric("train/loss", float(loss.detach()))
+                live.log_metric("train/loss", losses[-1])
                 for a, v in parts.items():
                     live.log_metric(f"train/loss_{a}", v)
                 live.next_step()
         val = accuracy(predict_probs(model, val_images, bs, device, workers, val_features), y_val)
-        history.append({"epoch": epoch + 1, "loss": round(float(loss.detach()), 4), **{f"val_acc_{a}": v for a, v in val.items()}})
+        history.append({"epoch": epoch + 1, "loss": round(float(np.mean(losses)), 4), **{f"val_acc_{a}": v for a, v in val.items()}})
         if live is not None:
             for a, v in val.items():
                 live.log_metric(f"val/accuracy_{a}", v, plot=False)
     seconds = time.perf_counter() - start
     return {"steps": step, "train_seconds": round(seconds, 2), "samples_per_second": round(step * bs / max(seconds, 1e-9), 1),
-            "final_loss": history[-1]["loss"] if history else None, "epochs": history,
+            "final_loss": history[-1]["loss"] if history else None, "epochs": history,  # the last epoch's mean
             "peak_memory_mb": memory_mb(device, peak=True), "memory_before_train_mb": memory_before,
             "memory_kind": "cuda_allocated" if device.type == "cuda" else "process_peak_rss"}
 
@@ -193,5 +156,5 @@ def train_classifier(cfg: dict, train_rows: Sequence[dict], val_rows: Sequence[d
     backbone = build_backbone(cfg["backbone"], cfg["image_size"], models_root)
     model = AttributeClassifier(backbone, labels, cfg["head_hidden"], cfg["hierarchy"])
     wrapper = prepare(model, cfg["mode"], cfg["lora"])
-    record = {**trainable_summary(model), **fit(model, labels, train_rows, val_rows, cfg, device, live)}
+    record = {**trainable_summary(model, backbone="backbone.", head="heads."), **fit(model, labels, train_rows, val_rows, cfg, device, live)}
     return model, wrapper, labels, record

@@ -73,7 +73,7 @@ class GenericCaptioner:
     def __init__(self, image_size: int = 96, batch_size: int = 64, device: str | torch.device = "cpu"):
         import timm
 
-        from catalog_search.models.packaged import load_efficientnet_lite0
+        from catalog_search.core.packaged import load_efficientnet_lite0
 
         self.classifier = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval().to(device)
         load_efficientnet_lite0(self.classifier)

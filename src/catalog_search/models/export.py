@@ -12,14 +12,13 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from safetensors.torch import save_file
 
+from catalog_search.core.adapters import ADAPTER, save_adapter
 from catalog_search.io import write_json
 from catalog_search.models.registry import ModelBundle
-from catalog_search.models.lora import ADAPTER
 
 if TYPE_CHECKING:
     from peft.tuners.lora import LoraModel
@@ -38,12 +37,7 @@ def save_model(out_dir: Path, bundle: ModelBundle, wrapper: LoraModel | None, ca
     trained = {n: p for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n}
     save_file(_tensors(trained), out_dir / "trained.safetensors")
     if wrapper is not None:
-        from peft import get_peft_model_state_dict  # peft costs ~5 s to import: LoRA scenarios only
-
-        (out_dir / "adapter").mkdir(exist_ok=True)
-        save_file(_tensors(get_peft_model_state_dict(model, adapter_name=ADAPTER)),
-                  out_dir / "adapter" / "adapter_model.safetensors")
-        wrapper.peft_config[ADAPTER].save_pretrained(str(out_dir / "adapter"))
+        save_adapter(out_dir / "adapter", model, wrapper.peft_config[ADAPTER])
         model = wrapper.merge_and_unload()
     merged = out_dir / "merged"
     merged.mkdir(exist_ok=True)

@@ -19,7 +19,8 @@ from typing import Any, Callable
 import open_clip
 import torch.nn as nn
 
-from catalog_search.models import CONFIG_DIR, packaged, project_configs
+from catalog_search.core import packaged
+from catalog_search.models import CONFIG_DIR, project_configs
 from catalog_search.models.scenarios import LOSSES
 from catalog_search.params import ParamsError
 

@@ -14,7 +14,6 @@ LOSSES = ["infonce", "siglip"]  # open_clip's ClipLoss and SigLipLoss
 # a batch's positives: a row's own caption (open_clip) | every caption whose text is one of the
 # image's captions | also every caption of the image's group (near-duplicate photos, variants)
 POSITIVES = ["pair", "caption", "caption_group"]
-PRECISIONS = ["auto", "fp32", "bf16", "fp16"]  # auto: bf16 on CUDA, fp32 on CPU
 
 
 @dataclass(frozen=True)

@@ -10,14 +10,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from catalog_search.models import packaged
-
-PACKAGED = "packaged:all-MiniLM-L6-v2"
-
+from catalog_search.core import packaged
+from catalog_search.core.adapters import lora_config
+from catalog_search.core.names import parse_name
+from catalog_search.params import ParamsError
 
 def resolve_base(name: str) -> str:
     """`packaged:all-MiniLM-L6-v2` (offline default), a Hugging Face name, or a local path."""
-    return packaged.minilm_path() if name == PACKAGED else name
+    parsed = parse_name(name, "text_embedder.base")
+    if parsed.scheme == "packaged" and parsed.value == "all-MiniLM-L6-v2":
+        return packaged.minilm_path()
+    if parsed.scheme != "hub":
+        raise ParamsError(f"params.yaml: text_embedder.base={name!r}: use packaged:all-MiniLM-L6-v2, a Hugging Face "
+                          "BERT-family name or a local folder")
+    return name
 
 
 def training_pairs(samples: Sequence[dict]) -> tuple[list[str], list[str]]:
@@ -51,11 +57,11 @@ def retrieval_task(samples: Sequence[dict]) -> tuple[dict[str, str], dict[str, s
     return {qid: text for text, qid in queries.items()}, corpus, relevant
 
 
-def lora_config(cfg: dict):
-    from peft import LoraConfig, TaskType
+def text_lora_config(cfg: dict):
+    """LoRA on the `targets` projections of every layer (sentence-transformers' feature-extraction task)."""
+    from peft import TaskType
 
-    return LoraConfig(task_type=TaskType.FEATURE_EXTRACTION, r=cfg["r"], lora_alpha=cfg["alpha"],
-                      lora_dropout=cfg["dropout"], target_modules=list(cfg["targets"]))
+    return lora_config(cfg, list(cfg["targets"]), task_type=TaskType.FEATURE_EXTRACTION)
 
 
 def load_model(base: str, adapter: str | Path | None = None, max_length: int = 128, device: str | None = None):

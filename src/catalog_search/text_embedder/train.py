@@ -5,7 +5,8 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from catalog_search.text_embedder import lora_config, retrieval_task, training_pairs
+from catalog_search.core.adapters import trainable_summary
+from catalog_search.text_embedder import retrieval_task, text_lora_config, training_pairs
 
 KS = (1, 5, 10)
 
@@ -37,12 +38,12 @@ def train(model, samples: Sequence[dict], cfg: dict, seed: int, live=None) -> di
 
     anchors, positives = training_pairs(samples)
     set_seed(seed)  # before the adapter exists: LoRA's A matrices are drawn at creation
-    model.add_adapter(lora_config(cfg["lora"]))
+    model.add_adapter(text_lora_config(cfg["lora"]))
     loss = losses.MultipleNegativesRankingLoss(model, scale=1.0 / cfg["temperature"])
     with tempfile.TemporaryDirectory() as tmp:
         args = SentenceTransformerTrainingArguments(
             output_dir=tmp, num_train_epochs=cfg["epochs"], per_device_train_batch_size=cfg["batch_size"],
-            learning_rate=cfg["lr"], warmup_steps=float(cfg["warmup_ratio"]), lr_scheduler_type="linear",
+            learning_rate=cfg["lr"], warmup_steps=float(cfg["warmup_fraction"]), lr_scheduler_type="linear",
             max_grad_norm=cfg["grad_clip"], weight_decay=cfg["weight_decay"], seed=seed, data_seed=seed,
             batch_sampler=BatchSamplers.NO_DUPLICATES, save_strategy="no", report_to="none",
             logging_steps=cfg["log_every"], disable_tqdm=True, use_cpu=not _has_gpu(), dataloader_drop_last=True)
@@ -50,11 +51,10 @@ def train(model, samples: Sequence[dict], cfg: dict, seed: int, live=None) -> di
         trainer = SentenceTransformerTrainer(model=model, args=args, loss=loss, callbacks=callbacks,
                                              train_dataset=Dataset.from_dict({"anchor": anchors, "positive": positives}))
         result = trainer.train()
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)
+    sizes = trainable_summary(model)
     return {"pairs": len(anchors), "steps": result.global_step, "train_seconds": round(result.metrics["train_runtime"], 2),
-            "final_loss": round(result.training_loss, 4), "trainable_params": trainable, "base_params": total,
-            "trainable_fraction": round(trainable / total, 6)}
+            "final_loss": round(result.training_loss, 4), **sizes,
+            "trainable_fraction": round(sizes["trainable_params"] / sizes["base_params"], 6)}
 
 
 def _has_gpu() -> bool:

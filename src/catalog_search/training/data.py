@@ -1,7 +1,6 @@
 """One split's images and captions, embedded by the model; frozen towers are embedded once."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
@@ -10,19 +9,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision.transforms as T
 
+from catalog_search.core.device import autocast, eval_mode
+from catalog_search.core.towers import Prefix, find_towers, project
 from catalog_search.evaluation import caption_positives
-from catalog_search.models.encode import autocast, encode, eval_mode
-from catalog_search.models.towers import Prefix, find_towers, project
-from catalog_search.shards import decode_image, iter_samples
+from catalog_search.models.encode import encode
+from catalog_search.shards import decode_image
 from catalog_search.training.distributed import World, gather_rows
-
-
-def load_split(shard_dir: Path | str, split: str) -> list[dict]:
-    """A split's samples from a shard folder or URL (s3://...: streamed through fsspec)."""
-    samples = list(iter_samples(shard_dir, split))
-    if not samples:
-        raise ValueError(f"{shard_dir}: split {split!r} has no samples; check shard.* params and the clean stage's rejects")
-    return samples
 
 
 def trim_padding(tokens: torch.Tensor, pad_id: int) -> torch.Tensor:

@@ -19,11 +19,12 @@ import torch
 import torch.nn as nn
 from open_clip_train.scheduler import cosine_lr
 
+from catalog_search.core.adapters import train_except_batchnorm
+from catalog_search.core.device import autocast, eval_mode
+from catalog_search.core.towers import find_towers, frozen_prefix
 from catalog_search.evaluation import normalise, retrieval_metrics
-from catalog_search.models.encode import autocast, eval_mode
 from catalog_search.models.registry import ModelBundle
 from catalog_search.models.scenarios import Scenario
-from catalog_search.models.towers import find_towers, frozen_prefix
 from catalog_search.params import ParamsError
 from catalog_search.training import checkpoint
 from catalog_search.training.data import SplitEncoder
@@ -43,8 +44,11 @@ def set_train_mode(model: nn.Module, scenario: Scenario) -> None:
             continue
         modules = [m for n, m in model.named_modules() if n.startswith(tower.param_prefixes) or
                    (tower.root and n == tower.root)]
-        for m in modules:
-            m.train(mode == "full" or not isinstance(m, nn.modules.batchnorm._BatchNorm))
+        if mode == "full":
+            for m in modules:
+                m.train()
+        else:
+            train_except_batchnorm(modules)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

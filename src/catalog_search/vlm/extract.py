@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from catalog_search.attributes.labels import OTHER, LabelSet, known
+from catalog_search.core.labels import LabelSet, OTHER, known, search_value
 from catalog_search.vlm.decode import decode_constrained
 from catalog_search.vlm.model import AttributeVLM, quantized
 from catalog_search.vlm.template import JsonTemplate
@@ -74,14 +74,7 @@ def catalog_records(rows: Sequence[dict], answers: list[dict], repaired: list[bo
     """The attribute classifier's record shape (predict_attributes), so search can fill from either:
     the catalog's value where it has one, else the VLM's ("other" fills nothing). A greedy answer
     has no calibrated confidence: `confidence` is null, `repaired` says how it was decoded."""
-    out = []
-    for row, answer, fixed in zip(rows, answers, repaired):
-        attrs = {}
-        for a, guess in answer.items():
-            given = row.get(a) if known(row.get(a)) else None
-            fill = given is None and guess != OTHER
-            attrs[a] = {"value": given if given is not None else guess if fill else None,
-                        "source": "catalog" if given is not None else "predicted" if fill else None,
-                        "prediction": guess, "confidence": None, "repaired": fixed}
-        out.append({"product_id": row["product_id"], "attributes": attrs})
-    return out
+    return [{"product_id": row["product_id"],
+             "attributes": {a: {**search_value(row.get(a), guess, True), "confidence": None, "repaired": fixed}
+                            for a, guess in answer.items()}}
+            for row, answer, fixed in zip(rows, answers, repaired)]

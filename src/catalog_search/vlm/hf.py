@@ -9,7 +9,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from catalog_search.vlm.model import LORA_TARGETS, AttributeVLM
+from catalog_search.core.adapters import lora_config
+from catalog_search.core.towers import LORA_TARGETS
+from catalog_search.vlm.model import AttributeVLM
 
 
 class HFVisionLM(AttributeVLM):
@@ -40,14 +42,13 @@ class HFVisionLM(AttributeVLM):
 
 def load_hf(name: str, lora: dict | None):
     """(model with LoRA on the language model, processor); `lora` None: untuned."""
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     model = AutoModelForImageTextToText.from_pretrained(name)
     if lora is not None:
-        targets = rf".*language_model.*\.({'|'.join(LORA_TARGETS)})"  # not the vision tower's q_proj/k_proj/...
-        model = get_peft_model(model, LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-                                                 target_modules=targets))
+        targets = rf".*language_model.*\.({'|'.join(LORA_TARGETS['LlamaDecoder'][1])})"  # not the vision tower's q_proj/k_proj/...
+        model = get_peft_model(model, lora_config(lora, targets))
     return model, AutoProcessor.from_pretrained(name)
 
 

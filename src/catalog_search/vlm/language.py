@@ -8,6 +8,9 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from catalog_search.core.names import parse_name
+from catalog_search.params import ParamsError
+
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -23,13 +26,14 @@ def packaged_dir() -> Path:
 def load_tokenizer(name: str, cache_dir: Path):
     from transformers import AutoTokenizer
 
-    if name == "packaged:smollm2-135m":
+    scheme = _scheme(name)
+    if scheme == "packaged":
         converted = cache_dir / "smollm2-135m"
         if not (converted / "tokenizer.json").exists():
             tokenizer = AutoTokenizer.from_pretrained(packaged_dir(), gguf_file=GGUF)
             tokenizer.save_pretrained(converted)
         return AutoTokenizer.from_pretrained(converted)
-    if name == "tiny":  # the real tokenizer: tests decode real JSON text
+    if scheme == "tiny":  # the real tokenizer: tests decode real JSON text
         return load_tokenizer("packaged:smollm2-135m", cache_dir)
     return AutoTokenizer.from_pretrained(name)
 
@@ -64,7 +68,8 @@ def truncate(lm, layers: int | None):
 def _load(name: str, cache_dir: Path, vocab_size: int):
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-    if name == "packaged:smollm2-135m":
+    scheme = _scheme(name)
+    if scheme == "packaged":
         converted = cache_dir / "smollm2-135m"
         if not (converted / "model.safetensors").exists():
             dequantized = AutoModelForCausalLM.from_pretrained(packaged_dir(), gguf_file=GGUF)
@@ -74,12 +79,21 @@ def _load(name: str, cache_dir: Path, vocab_size: int):
             model.load_state_dict(dequantized.state_dict())
             model.save_pretrained(converted)
         return AutoModelForCausalLM.from_pretrained(converted)
-    if name == "tiny":
+    if scheme == "tiny":
         config = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                              tie_word_embeddings=True)
         return LlamaForCausalLM(config)
     return AutoModelForCausalLM.from_pretrained(name)
+
+
+def _scheme(name: str) -> str:
+    """packaged (SmolLM2), tiny or hub: what `vlm.language` names (hf: is `build`'s other path)."""
+    parsed = parse_name(name, "vlm.language")
+    if parsed.scheme == "packaged" and parsed.value != "smollm2-135m" or parsed.scheme == "clip":
+        raise ParamsError(f"params.yaml: vlm.language={name!r}: use packaged:smollm2-135m, tiny, hf:<image-text model> "
+                          "or a Hugging Face causal LM name or folder")
+    return parsed.scheme
 
 
 def cache_dir(configured: str | None) -> Path:

@@ -10,17 +10,11 @@ copying it into the template, which a pretrained model does from a few dozen ste
 heads can be aligned first, with the language model out of the loop (train.py)."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from catalog_search.attributes.labels import LabelSet
 from catalog_search.vlm.template import IGNORE, JsonTemplate
-
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 class AttributeVLM(nn.Module):
@@ -92,58 +86,6 @@ def shared_cache(lm: nn.Module, shared: torch.Tensor, rows: int):
     return cache, shared.shape[1]
 
 
-def prompt_ids(tokenizer, prompt: str) -> list[int]:
-    """The prompt as plain text after the image tokens. Not the chat template: SmolLM2's adds a
-    ~30-token system turn to every sequence, which doubles the cost of a CPU step."""
-    return tokenizer(prompt.strip() + "\n", add_special_tokens=False)["input_ids"]
-
-
-def add_lora(lm: nn.Module, cfg: dict) -> nn.Module:
-    from peft import LoraConfig, get_peft_model
-
-    return get_peft_model(lm, LoraConfig(r=cfg["r"], lora_alpha=cfg["alpha"], lora_dropout=cfg["dropout"],
-                                         target_modules=LORA_TARGETS))
-
-
-def save_vlm(out: Path, model: AttributeVLM, labels: LabelSet, settings: dict) -> None:
-    """projector.pt + the peft adapter + labels.json (the answer vocabulary) + vlm.json (settings)."""
-    out.mkdir(parents=True, exist_ok=True)
-    if hasattr(model, "heads"):  # the HF path's projector is part of the model, frozen
-        torch.save({"trunk": model.trunk.state_dict(), "heads": model.heads.state_dict()}, out / "projector.pt")
-    model.lm.save_pretrained(out / "adapter")
-    labels.save(out / "labels.json")
-    (out / "vlm.json").write_text(json.dumps(settings, indent=2))
-
-
-def load_vlm(folder: Path, cache_dir: Path) -> tuple[AttributeVLM, JsonTemplate, LabelSet, dict, object]:
-    """(model, template, labels, settings, tokenizer) of a saved VLM for inference: the base
-    language model is rebuilt from its name and the adapter merged into it (no LoRA detour per
-    layer)."""
-    from peft import PeftModel
-
-    from catalog_search.vlm.language import load_language_model, load_tokenizer
-
-    s = json.loads((folder / "vlm.json").read_text())
-    labels = LabelSet.load(folder / "labels.json")
-    if s["language"].startswith("hf:"):
-        from catalog_search.vlm.hf import HFVisionLM, load_hf
-
-        hf, processor = load_hf(s["language"][3:], None)
-        model = HFVisionLM(PeftModel.from_pretrained(hf, folder / "adapter").merge_and_unload(), processor,
-                           s["prompt"], s["image_size"])
-        return model.eval(), template_for(processor.tokenizer, labels), labels, s, processor.tokenizer
-    tokenizer = load_tokenizer(s["language"], cache_dir)
-    torch.manual_seed(s["seed"])  # a tiny test model is random: the same seed rebuilds the same base
-    base = load_language_model(s["language"], cache_dir, len(tokenizer), s["layers"])
-    lm = PeftModel.from_pretrained(base, folder / "adapter").merge_and_unload()
-    template = template_for(tokenizer, labels)
-    model = AttributeVLM(lm, s["feature_dim"], template, prompt_ids(tokenizer, s["prompt"]))
-    saved = torch.load(folder / "projector.pt")
-    model.trunk.load_state_dict(saved["trunk"])
-    model.heads.load_state_dict(saved["heads"])
-    return model.eval(), template, labels, s, tokenizer
-
-
 def quantized(model: nn.Module, quantize: str | None) -> nn.Module:
     """A copy for constrained decoding with every linear layer int8 (`quantize: int8`, PyTorch's
     dynamic quantization: ~1.3x on this CPU; null on a GPU), or the model itself. Constrained
@@ -152,7 +94,3 @@ def quantized(model: nn.Module, quantize: str | None) -> nn.Module:
     if quantize is None:
         return model
     return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
-
-
-def template_for(tokenizer, labels: LabelSet) -> JsonTemplate:
-    return JsonTemplate(tokenizer, {a: enc.classes for a, enc in labels.labels.items()})

@@ -11,31 +11,22 @@ import torch.nn.functional as F
 from open_clip_train.scheduler import cosine_lr
 from tqdm import tqdm
 
-from catalog_search.attributes.backbone import build_backbone
-from catalog_search.attributes.labels import MISSING, LabelSet, known
-from catalog_search.attributes.train import ImageRows, image_transform, loader
-from catalog_search.vlm.language import load_language_model, load_tokenizer
-from catalog_search.vlm.model import AttributeVLM, add_lora, prompt_ids, template_for
+from catalog_search.core.backbones import backbone_features, build_backbone
+from catalog_search.core.labels import LabelSet, MISSING, known
+from catalog_search.core.names import parse_name
+from catalog_search.vlm.model import AttributeVLM
 from catalog_search.vlm.template import IGNORE, JsonTemplate
 
 
 def image_inputs(cfg: dict, images: Sequence[bytes], batch_size: int, device: torch.device) -> torch.Tensor:
     """Per-image model inputs: the frozen backbone's features (offline path, computed once) or the
     HF model's pixel values (`language: hf:...`)."""
-    if cfg["language"].startswith("hf:"):
+    if parse_name(cfg["language"], "vlm.language").scheme == "hf":
         from catalog_search.vlm.hf import pixel_values
 
-        return pixel_values(cfg["language"][3:], list(images), batch_size)
-    return image_features(cfg["backbone"], cfg["image_size"], images, batch_size, device)
-
-
-@torch.no_grad()
-def image_features(backbone_name: str, image_size: int, images: Sequence[bytes], batch_size: int,
-                   device: torch.device) -> torch.Tensor:
-    backbone = build_backbone(backbone_name, image_size).to(device).eval()
-    rows = ImageRows(images, np.zeros(len(images), np.int64), image_transform(image_size, backbone.mean, backbone.std))
-    return torch.cat([backbone(x.to(device)).float().cpu()
-                      for x, _ in tqdm(loader(rows, batch_size, False, 0), desc="vlm features", unit="batch")])
+        return pixel_values(parse_name(cfg["language"]).value, list(images), batch_size)
+    backbone = build_backbone(cfg["backbone"], cfg["image_size"]).to(device)
+    return backbone_features(backbone, images, batch_size, device)
 
 
 def subset(rows: Sequence[dict], n: int | None, seed: int) -> list[dict]:
@@ -58,23 +49,6 @@ def collate(template: JsonTemplate, rows: Sequence[dict], labels: LabelSet) -> t
     for i, (seq, lab) in enumerate(pairs):
         ids[i, :len(seq)], targets[i, :len(lab)], mask[i, :len(seq)] = torch.tensor(seq), torch.tensor(lab), 1
     return ids, targets, mask
-
-
-def build(cfg: dict, labels: LabelSet, feature_dim: int, cache_dir, tune: bool = True):
-    """(model, template, tokenizer): base language model (+ LoRA when `tune`) and a fresh projector,
-    or the HF image-text-to-text model (+ LoRA) for `language: hf:<name or path>`."""
-    if cfg["language"].startswith("hf:"):
-        from catalog_search.vlm.hf import HFVisionLM, load_hf
-
-        hf, processor = load_hf(cfg["language"][3:], cfg["lora"] if tune else None)
-        model = HFVisionLM(hf, processor, cfg["prompt"], cfg["image_size"])
-        return model, template_for(processor.tokenizer, labels), processor.tokenizer
-    tokenizer = load_tokenizer(cfg["language"], cache_dir)
-    torch.manual_seed(cfg["seed"])
-    lm = load_language_model(cfg["language"], cache_dir, len(tokenizer), cfg["layers"])
-    lm = add_lora(lm, cfg["lora"]) if tune else lm
-    template = template_for(tokenizer, labels)
-    return AttributeVLM(lm, feature_dim, template, prompt_ids(tokenizer, cfg["prompt"])), template, tokenizer
 
 
 def tag_targets(labels: LabelSet, rows: Sequence[dict]) -> dict[str, torch.Tensor]:

@@ -119,3 +119,13 @@ class LabelSet:
     def load(cls, path: Path) -> "LabelSet":
         d = json.loads(Path(path).read_text())
         return cls(d["heads"], {a: AttributeLabels(a, **e) for a, e in d["labels"].items()}, d["pairs"])
+
+
+def search_value(given: object, guess: str, confident: bool) -> dict:
+    """One attribute of a prediction record (predict_attributes, extract_vlm): the value search
+    uses is the catalog's where it has one (`source: catalog`), else a confident prediction
+    (`source: predicted`), else none; "other" never fills a gap: it names no value."""
+    given = given if known(given) else None
+    fill = given is None and confident and guess != OTHER
+    return {"value": given if given is not None else guess if fill else None,
+            "source": "catalog" if given is not None else "predicted" if fill else None, "prediction": guess}

@@ -14,13 +14,15 @@ from typing import Callable, Iterator
 import torch
 import torch.nn as nn
 
-# trunk class name -> (block list path relative to the tower root, LoRA target module names)
+# network kind (a trunk class name, or LlamaDecoder: the VLM's language models) ->
+# (block list path relative to its root, LoRA target module names)
 LORA_TARGETS: dict[str, tuple[str, tuple[str, ...]]] = {
     "EfficientNet": ("trunk.blocks", ("conv_pw", "conv_pwl")),          # timm EfficientNet: 1x1 convs
     "TimmVisionTransformer": ("trunk.blocks", ("qkv", "proj", "fc1", "fc2")),
     "OpenClipTransformer": ("transformer.resblocks", ("attn", "c_fc", "c_proj")),  # attn = peft's MHA LoRA
     "BertFamily": ("transformer.encoder.layer", ("query", "key", "value", "dense")),
     "ViTModel": ("trunk.layers", ("q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2")),  # transformers 5.x
+    "LlamaDecoder": ("model.layers", ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")),
 }
 
 
@@ -58,7 +60,7 @@ def _image_tower(model: nn.Module) -> Tower:
         return Tower("image", "visual", kind, "visual", "head", ("visual.",))
     if kind == "VisionTransformer":
         return Tower("image", "visual", "OpenClipTransformer", "visual", "proj", ("visual.",))
-    raise NotImplementedError(f"image tower {kind} has no row in catalog_search.models.towers")
+    raise NotImplementedError(f"image tower {kind} has no row in catalog_search.core.towers")
 
 
 def _text_tower(model: nn.Module) -> Tower:

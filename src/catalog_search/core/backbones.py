@@ -14,15 +14,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Iterator, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
+from tqdm import tqdm
 
-from catalog_search.models import packaged
-from catalog_search.models.towers import LORA_TARGETS, find_towers
-
-CLIP_PREFIX = "clip:"
-
+from catalog_search.core import packaged
+from catalog_search.core.data import ImageRows, image_transform, loader
+from catalog_search.core.device import autocast, eval_mode
+from catalog_search.core.names import parse_name
+from catalog_search.core.towers import LORA_TARGETS, find_towers
+from catalog_search.params import ParamsError
 
 class Backbone(nn.Module):
     """`net` (held as `trunk`, or `visual` for a CLIP tower) plus how to read features from it."""
@@ -101,19 +105,43 @@ def _hf_vit(name: str, image_size: int) -> HFViTBackbone:
 
 
 def build_backbone(name: str, image_size: int, models_root: Path = Path("models")) -> Backbone:
-    if name == packaged.EFFICIENTNET_LITE0:
+    parsed = parse_name(name, "backbone")
+    if parsed.scheme == "packaged" and parsed.value == "efficientnet-lite0":
         import timm
 
         trunk = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0)
         packaged.load_efficientnet_lite0(trunk)
         return TimmBackbone(trunk, name, image_size)
-    if name.startswith(CLIP_PREFIX):
+    if parsed.scheme == "clip":
         import open_clip
 
-        folder = Path(models_root) / name[len(CLIP_PREFIX):] / "merged"
+        folder = Path(models_root) / parsed.value / "merged"
         if not (folder / "open_clip_config.json").exists():
-            raise FileNotFoundError(f"attributes.backbone={name!r}: no trained model in {folder}; "
-                                    f"run `dvc repro train@{name[len(CLIP_PREFIX):]}` first")
+            raise FileNotFoundError(f"backbone {name!r}: no trained model in {folder}; "
+                                    f"run `dvc repro train@{parsed.value}` first")
         clip = open_clip.create_model(f"local-dir:{folder}", force_image_size=image_size)
         return ClipImageBackbone(clip, name, image_size)
+    if parsed.scheme != "hub":
+        raise ParamsError(f"backbone {name!r}: an image backbone is packaged:efficientnet-lite0, clip:<scenario> "
+                         "or a Hugging Face ViT name or folder")
     return _hf_vit(name, image_size)
+
+
+def pixel_batches(backbone: Backbone, images: Sequence[bytes], batch_size: int, workers: int = 0
+                  ) -> Iterator[torch.Tensor]:
+    """`images` decoded and normalised the way `backbone`'s weights expect, in batches (decoded in
+    DataLoader workers when there are any)."""
+    rows = ImageRows(images, np.zeros((len(images), 0), np.int64),
+                     image_transform(backbone.image_size, backbone.mean, backbone.std))
+    return (x for x, _ in loader(rows, batch_size, False, workers))
+
+
+@torch.no_grad()
+def backbone_features(backbone: Backbone, images: Sequence[bytes], batch_size: int, device: torch.device,
+             workers: int = 0) -> torch.Tensor:
+    """The backbone's features of `images`, float32 rows on the CPU: what a frozen backbone
+    contributes, computed once and reused (attribute heads, the VLM's projector)."""
+    with eval_mode(backbone), autocast(device):
+        return torch.cat([backbone(x.to(device)).float().cpu() for x in
+                          tqdm(pixel_batches(backbone, images, batch_size, workers), desc="backbone features",
+                               unit="batch")])

@@ -68,6 +68,16 @@ def test_table_errors_name_the_file_and_the_fix(tmp_path):
     assert df.loc[0, "title_raw"] == "Café Shirt"
 
 
+def test_rows_are_numbered_alike_in_csv_tsv_and_parquet(tmp_path):
+    frame = pd.DataFrame({"id": ["a", "b"], "title": ["x", "y"], "image": ["a.png", "b.png"]})
+    frame.to_csv(tmp_path / "c.csv", index=False)
+    frame.to_csv(tmp_path / "c.tsv", index=False, sep="\t")
+    frame.to_parquet(tmp_path / "c.parquet")
+    for name in ["c.csv", "c.tsv", "c.parquet"]:  # data rows from 1, the header not counted
+        df = read_table(tmp_path / name, {"product_id": "id", "title_raw": "title", "image_path": "image"})
+        assert df["source"].tolist() == [f"{tmp_path / name} row 1", f"{tmp_path / name} row 2"]
+
+
 def test_missing_required_column_and_unknown_source():
     with pytest.raises(CatalogError, match=r"catalog.csv: missing required column\(s\) \['image_path'\]"):
         catalog.conform(pd.DataFrame({"product_id": ["a"], "title_raw": ["x"]}), "catalog.csv")
@@ -102,7 +112,7 @@ def test_fashion_product_parquet_maps_the_hierarchy_and_writes_images(tmp_path):
     assert (tmp_path / "raw" / df.loc[0, "image_path"]).read_bytes() == images[0]["bytes"]
     assert df.loc[1, "image_path"].endswith(".jpg")  # no name: the bytes say JPEG
     assert pd.isna(df.loc[2, "image_path"])  # no image: clean rejects the row as missing_image
-    assert df.loc[2, "source"].endswith("train-00000-of-00001.parquet row 2")
+    assert df.loc[2, "source"].endswith("train-00000-of-00001.parquet row 3")
 
 
 def test_fashion_product_wrong_layout_names_the_missing_columns(tmp_path):

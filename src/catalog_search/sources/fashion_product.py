@@ -8,7 +8,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from catalog_search.catalog import CatalogError
+from catalog_search.catalog import CatalogError, row_source
 from catalog_search.sources.embedded import ImageWriter, source_files
 
 # the dataset's column -> the Catalog's
@@ -36,7 +36,7 @@ def read_fashion_product(folder: Path, files: str, out_dir: Path, batch_rows: in
             for batch in parquet.iter_batches(batch_size=batch_rows, columns=EXPECTED):
                 df = batch.to_pandas()
                 df["image_path"] = [images.write(*_bytes_and_name(img)) for img in df.pop("image")]
-                df["source"] = [f"{path} row {row + i}" for i in range(len(df))]
+                df["source"] = [row_source(path, row + i) for i in range(len(df))]
                 parts.append(df.rename(columns=COLUMNS))
                 row += len(df)
                 bar.update(len(df))

@@ -11,7 +11,7 @@ from urllib.parse import unquote, urlparse
 
 import pandas as pd
 
-from catalog_search.catalog import CatalogError
+from catalog_search.catalog import CatalogError, row_source
 
 
 def read_table(path: Path, columns: dict[str, str], encoding: str = "utf-8", image_root: str | None = None,
@@ -22,10 +22,8 @@ def read_table(path: Path, columns: dict[str, str], encoding: str = "utf-8", ima
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         df = pd.read_parquet(path)
-        where = [f"{path} row {i}" for i in range(len(df))]
     elif suffix in (".csv", ".tsv"):
         df = _read_csv(path, "\t" if suffix == ".tsv" else ",", encoding)
-        where = [f"{path} row {i + 1}" for i in range(len(df))]  # data rows, 1-based, header not counted
     else:
         raise CatalogError(f"{path}: unsupported table type {path.suffix!r}; use .csv, .tsv or .parquet.")
     missing = {ours: theirs for ours, theirs in columns.items() if theirs not in df.columns}
@@ -38,7 +36,7 @@ def read_table(path: Path, columns: dict[str, str], encoding: str = "utf-8", ima
     root = (path.parent / (image_root or "")).resolve()  # absolute: later stages read from elsewhere
     urls = None if url_folder is None else path.parent / url_folder  # an absolute url_folder stays absolute
     df["image_path"] = [_locate(p, root, urls) for p in df["image_path"]]
-    df["source"] = where
+    df["source"] = [row_source(path, i) for i in range(len(df))]
     return df
 
 

@@ -123,6 +123,12 @@ def test_fashion_product_wrong_layout_names_the_missing_columns(tmp_path):
         ingest({"source": "fashion_product", "path": str(tmp_path), "fashion_product": {"files": "*.pq"}}, tmp_path)
 
 
+def test_fashion_product_image_column_of_file_names_stops_ingest(tmp_path):
+    pd.DataFrame({**FASHION_PRODUCT, "image": ["15970.jpg", "39386.jpg", "59263.jpg"]}).to_parquet(tmp_path / "x.parquet")
+    with pytest.raises(CatalogError, match=r"x.parquet: column 'image' is \w+; .*expects a struct \{bytes.*data.source: table"):
+        ingest({"source": "fashion_product", "path": str(tmp_path), "fashion_product": {"files": "*.parquet"}}, tmp_path)
+
+
 def write_fashiongen(path, n=5, keys=None):
     fields = {
         "input_image": np.stack([np.full((32, 32, 3), 40 * i, np.uint8) for i in range(n)]),

@@ -10,11 +10,11 @@ from PIL import Image
 
 from catalog_search import catalog
 from catalog_search.catalog import CatalogError
-from catalog_search.params import ParamsError
+from catalog_search.params import ParamsError, load_params
 from catalog_search.sources import ingest
 from catalog_search.sources.demo import COLORS, build_demo
 from catalog_search.sources.table import read_table
-from conftest import FMNIST
+from conftest import FMNIST, ROOT
 
 
 def test_demo_is_deterministic_and_attributes_are_visible(tmp_path, demo_raw):
@@ -189,6 +189,21 @@ def test_webdataset_wrong_layout_says_what_a_sample_needs(tmp_path):
         ingest({"source": "webdataset", "path": str(tmp_path), "webdataset": {"urls": "labels.tar"}}, tmp_path / "raw")
     with pytest.raises(CatalogError, match=r"nope.tar: shard not found"):
         ingest({"source": "webdataset", "path": str(tmp_path), "webdataset": {"urls": ["nope.tar"]}}, tmp_path / "raw")
+
+
+def test_webdataset_default_urls_read_every_shard_in_the_folder(tmp_path):
+    for shard in range(11):
+        with wds.TarWriter(str(tmp_path / f"shards-{shard:06d}.tar")) as sink:
+            sink.write({"__key__": f"p{shard:03d}", "png": png("red"), "txt": f"shirt {shard}"})
+
+    def read(urls):
+        params = {"source": "webdataset", "path": str(tmp_path), "webdataset": {"urls": urls}}
+        return ingest(params, tmp_path / "raw")["product_id"].tolist()
+
+    assert read(load_params(ROOT / "params.yaml")["data"]["webdataset"]["urls"]) == [f"p{i:03d}" for i in range(11)]
+    assert read(["shards-00000{0..1}.tar", "shards-000010.tar"]) == ["p000", "p001", "p010"]
+    with pytest.raises(CatalogError, match=r"no shards matching '\*.tgz'; .*data.webdataset.urls"):
+        read("*.tgz")
 
 
 def test_table_images_by_root_absolute_path_or_downloaded_url(tmp_path):

@@ -3,24 +3,27 @@ several captions and any Catalog fields; all captions are kept (caption augmenta
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
+from braceexpand import braceexpand
 from tqdm import tqdm
 
 from catalog_search.catalog import ATTRIBUTES, CatalogError
-from catalog_search.sources.embedded import ImageWriter, text
-from catalog_search.tars import expand_urls, read_samples
+from catalog_search.sources.embedded import ImageWriter, source_files, text
+from catalog_search.tars import read_samples
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 TEXT_EXTS = ("txt", "json")
+GLOB = re.compile(r"[*?[]")
 
 
 def read_webdataset(folder: Path, urls: str | list[str], out_dir: Path) -> pd.DataFrame:
-    """Read the shards `urls` (brace patterns allowed, relative to `folder`)."""
+    """Read the shards `urls` (see `shard_paths`)."""
     images = ImageWriter(out_dir, "wds")
     rows, seen_exts = [], set()
-    paths = expand_urls(urls, folder)
+    paths = shard_paths(folder, urls)
     for path in tqdm(paths, desc="ingest shards", unit="shard"):
         for sample in read_samples(path):
             seen_exts |= set(k for k in sample if not k.startswith("__"))
@@ -31,6 +34,18 @@ def read_webdataset(folder: Path, urls: str | list[str], out_dir: Path) -> pd.Da
                            f"the webdataset reader expects an image ({'/'.join(IMAGE_EXTS)}) and a txt caption or a "
                            "json (captions, title, product_id, ...) per sample.")
     return pd.DataFrame(rows)
+
+
+def shard_paths(folder: Path, urls: str | list[str]) -> list[Path]:
+    """Shard files from a glob (`*.tar`: every shard in the folder, sorted), a brace pattern
+    (`shards-{000000..000009}.tar`) or a list of them, relative to `folder`. A glob that matches
+    nothing stops here; a named shard that is missing stops when it is read."""
+    paths: list[Path] = []
+    for pattern in [urls] if isinstance(urls, str) else urls:
+        for name in braceexpand(pattern):
+            glob = GLOB.search(name)
+            paths += source_files(folder, name, "shards", "data.webdataset.urls") if glob else [folder / name]
+    return paths
 
 
 def _row(sample: dict, images: ImageWriter) -> dict:

@@ -182,6 +182,24 @@ def test_webdataset_shards_keep_every_caption(tmp_path):
     assert df.loc[2, "source"].endswith("shard-000001.tar key p003")
 
 
+def test_webdataset_nested_attributes_fill_the_catalog_columns(tmp_path):
+    with wds.TarWriter(str(tmp_path / "a.tar")) as sink:
+        sink.write({"__key__": "p1", "png": png("red"), "json": json.dumps({
+            "title": "Red Shirt", "pattern": "solid", "attributes": {"color": "Red", "pattern": "striped", "fit": "slim"}})})
+        sink.write({"__key__": "p2", "png": png("blue"), "json": json.dumps({"title": "Blue Shirt", "color": "Blue"})})
+    with wds.TarWriter(str(tmp_path / "b.tar")) as sink:
+        sink.write({"__key__": "p3", "png": png("red"), "json": json.dumps({"attributes": {"title": "Red Shirt"}})})
+
+    def read(urls):
+        return ingest({"source": "webdataset", "path": str(tmp_path), "webdataset": {"urls": urls}}, tmp_path / "raw")
+
+    df = read("a.tar")
+    assert df["color"].tolist() == ["Red", "Blue"] and df.loc[0, "pattern"] == "solid"  # the top level wins
+    assert df.loc[0, "fit"] == "slim" and pd.isna(df.loc[1, "fit"])  # not a Catalog attribute: an extra column
+    with pytest.raises(CatalogError, match=r"b.tar key p3: json 'attributes' is \{'title'.*top level"):
+        read("b.tar")
+
+
 def test_webdataset_wrong_layout_says_what_a_sample_needs(tmp_path):
     with wds.TarWriter(str(tmp_path / "labels.tar")) as sink:
         sink.write({"__key__": "a", "cls": b"3"})

@@ -10,13 +10,14 @@ import pandas as pd
 from braceexpand import braceexpand
 from tqdm import tqdm
 
-from catalog_search.catalog import ATTRIBUTES, CatalogError
+from catalog_search.catalog import ATTRIBUTES, COLUMNS, CatalogError
 from catalog_search.sources.embedded import ImageWriter, source_files, text
 from catalog_search.tars import read_samples
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 TEXT_EXTS = ("txt", "json")
 GLOB = re.compile(r"[*?[]")
+NOT_ATTRIBUTES = {*COLUMNS, "source"} - set(ATTRIBUTES)  # the row's other columns: a json's top level gives them
 
 
 def read_webdataset(folder: Path, urls: str | list[str], out_dir: Path) -> pd.DataFrame:
@@ -67,6 +68,18 @@ def _row(sample: dict, images: ImageWriter) -> dict:
         "image_path": images.write(sample[image_ext], f"x.{image_ext}") if image_ext else None,
         "title_raw": meta.get("title") or (captions[0] if captions else None),
         "description": meta.get("description"), "captions": captions, "group_id": meta.get("group_id"),
-        **{a: meta.get(a) for a in ATTRIBUTES if meta.get(a) is not None},
+        **_attributes(meta, where),
         "source": where,
     }
+
+
+def _attributes(meta: dict, where: str) -> dict:
+    """A sample's attributes from top-level keys (`"color": "Red"`) and an `attributes` object
+    (`"attributes": {"color": "Red", "fit": "slim"}`); where both give one, the top level wins. Names
+    outside catalog.ATTRIBUTES become extra columns, as the table reader keeps a table's extra columns."""
+    nested = meta.get("attributes") or {}
+    if not isinstance(nested, dict) or NOT_ATTRIBUTES & nested.keys():
+        raise CatalogError(f"{where}: json 'attributes' is {nested!r:.200}; it must be an object of attribute names "
+                           f"to values, none of them {sorted(NOT_ATTRIBUTES)} (those go at the json's top level).")
+    top = {a: meta[a] for a in ATTRIBUTES if meta.get(a) is not None}
+    return {name: value for name, value in {**nested, **top}.items() if value is not None}

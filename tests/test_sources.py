@@ -156,6 +156,18 @@ def test_fashiongen_hdf5_groups_the_poses_of_a_product(tmp_path):
     assert df.loc[4, "source"].endswith("fashiongen_256_256_train.h5 index 4")
 
 
+def test_fashiongen_reads_gender_season_brand_and_pose(tmp_path):
+    write_fashiongen(tmp_path / "f.h5", n=2)
+    with h5py.File(tmp_path / "f.h5", "a") as h5:
+        h5["input_gender"] = np.array([[b"MEN"], [b"WOMEN"]])
+        h5["input_season"] = np.array([[b"SS2017"], [b"FW2016"]])
+        h5["input_brand"] = np.array([[b"Saint Laurent"], [b"Acne Studios"]])
+        h5["input_pose"] = np.array([[b"id_gridfs_1"], [b"id_gridfs_2"]])
+    df = ingest({"source": "fashiongen", "path": str(tmp_path), "fashiongen": {"files": "*.h5"}}, tmp_path / "raw")
+    assert df[["gender", "season", "brand", "pose"]].values.tolist() == [
+        ["MEN", "SS2017", "Saint Laurent", "id_gridfs_1"], ["WOMEN", "FW2016", "Acne Studios", "id_gridfs_2"]]
+
+
 def test_fashiongen_wrong_layout_names_the_missing_keys(tmp_path):
     write_fashiongen(tmp_path / "f.h5", keys={"input_image", "input_name"})
     with pytest.raises(CatalogError, match=r"f.h5: missing dataset\(s\) \['input_productID', 'input_description'"):

@@ -68,6 +68,21 @@ def test_table_errors_name_the_file_and_the_fix(tmp_path):
     assert df.loc[0, "title_raw"] == "Café Shirt"
 
 
+def test_table_description_is_optional_and_a_missing_required_column_names_its_key(tmp_path):
+    columns = load_params(ROOT / "params.yaml")["data"]["table"]["columns"]  # the default mapping
+    pd.DataFrame({"id": ["a"], "title": ["Red Shirt"], "image": ["a.png"]}).to_csv(tmp_path / "plain.csv", index=False)
+    df = ingest({"source": "table", "path": str(tmp_path), "table": {"file": "plain.csv", "columns": columns}}, tmp_path)
+    assert pd.isna(df.loc[0, "description"])
+    pd.DataFrame({"id": ["a"], "title": ["Red Shirt"], "image": ["a.png"], "description": ["Soft cotton"]}).to_csv(
+        tmp_path / "described.csv", index=False)
+    assert read_table(tmp_path / "described.csv", columns).loc[0, "description"] == "Soft cotton"
+    with pytest.raises(CatalogError, match=r"plain.csv: column\(s\) \['image_path'\] not found; .*"
+                                           r"Fix data.table.columns.image_path in params.yaml"):
+        read_table(tmp_path / "plain.csv", {"product_id": "id", "title_raw": "title"})
+    with pytest.raises(CatalogError, match=r"plain.csv: column\(s\) \['picture'\] not found; .*columns.image_path"):
+        read_table(tmp_path / "plain.csv", {**columns, "image_path": "picture"})
+
+
 def test_rows_are_numbered_alike_in_csv_tsv_and_parquet(tmp_path):
     frame = pd.DataFrame({"id": ["a", "b"], "title": ["x", "y"], "image": ["a.png", "b.png"]})
     frame.to_csv(tmp_path / "c.csv", index=False)

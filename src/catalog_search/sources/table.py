@@ -57,8 +57,8 @@ def _read_csv(path: Path, sep: str, encoding: str) -> pd.DataFrame:
             start = whole.start
         line = data.count(b"\n", 0, start) + 1
         raise CatalogError(f"{path}: not valid {encoding} at byte {start} (line {line}: "
-                           f"{data.splitlines()[line - 1][:80]!r}); set data.table.encoding (e.g. latin-1, cp1252) "
-                           "or re-save the file as UTF-8.") from e
+                           f"{data.splitlines()[line - 1][:80]!r}); set data.table.encoding (cp1252 for a Windows "
+                           "export) or re-save the file as UTF-8.") from e
 
 
 def _locate(value, root: Path, url_folder: Path | None) -> str | None:

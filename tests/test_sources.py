@@ -10,11 +10,11 @@ from PIL import Image
 
 from catalog_search import catalog
 from catalog_search.catalog import CatalogError
-from catalog_search.params import ParamsError
+from catalog_search.params import ParamsError, load_params
 from catalog_search.sources import ingest
 from catalog_search.sources.demo import COLORS, build_demo
 from catalog_search.sources.table import read_table
-from conftest import FMNIST
+from conftest import FMNIST, ROOT
 
 
 def test_demo_is_deterministic_and_attributes_are_visible(tmp_path, demo_raw):
@@ -62,10 +62,35 @@ def test_table_errors_name_the_file_and_the_fix(tmp_path):
     with pytest.raises(CatalogError, match=r"cat.csv.*\['image'\].*data.table.columns"):
         read_table(tmp_path / "cat.csv", {"product_id": "id", "title_raw": "title", "image_path": "image"})
     (tmp_path / "latin.csv").write_bytes("id,title,image\na,Caf\xe9 Shirt,x.png\n".encode("latin-1"))
-    with pytest.raises(CatalogError, match="latin.csv: not valid utf-8.*data.table.encoding"):
+    with pytest.raises(CatalogError, match=r"latin.csv: not valid utf-8.*data.table.encoding \(cp1252 for a Windows export\)"):
         read_table(tmp_path / "latin.csv", {"product_id": "id", "title_raw": "title", "image_path": "image"})
     df = read_table(tmp_path / "latin.csv", {"product_id": "id", "title_raw": "title", "image_path": "image"}, "latin-1")
     assert df.loc[0, "title_raw"] == "Café Shirt"
+
+
+def test_table_description_is_optional_and_a_missing_required_column_names_its_key(tmp_path):
+    columns = load_params(ROOT / "params.yaml")["data"]["table"]["columns"]  # the default mapping
+    pd.DataFrame({"id": ["a"], "title": ["Red Shirt"], "image": ["a.png"]}).to_csv(tmp_path / "plain.csv", index=False)
+    df = ingest({"source": "table", "path": str(tmp_path), "table": {"file": "plain.csv", "columns": columns}}, tmp_path)
+    assert pd.isna(df.loc[0, "description"])
+    pd.DataFrame({"id": ["a"], "title": ["Red Shirt"], "image": ["a.png"], "description": ["Soft cotton"]}).to_csv(
+        tmp_path / "described.csv", index=False)
+    assert read_table(tmp_path / "described.csv", columns).loc[0, "description"] == "Soft cotton"
+    with pytest.raises(CatalogError, match=r"plain.csv: column\(s\) \['image_path'\] not found; .*"
+                                           r"Fix data.table.columns.image_path in params.yaml"):
+        read_table(tmp_path / "plain.csv", {"product_id": "id", "title_raw": "title"})
+    with pytest.raises(CatalogError, match=r"plain.csv: column\(s\) \['picture'\] not found; .*columns.image_path"):
+        read_table(tmp_path / "plain.csv", {**columns, "image_path": "picture"})
+
+
+def test_rows_are_numbered_alike_in_csv_tsv_and_parquet(tmp_path):
+    frame = pd.DataFrame({"id": ["a", "b"], "title": ["x", "y"], "image": ["a.png", "b.png"]})
+    frame.to_csv(tmp_path / "c.csv", index=False)
+    frame.to_csv(tmp_path / "c.tsv", index=False, sep="\t")
+    frame.to_parquet(tmp_path / "c.parquet")
+    for name in ["c.csv", "c.tsv", "c.parquet"]:  # data rows from 1, the header not counted
+        df = read_table(tmp_path / name, {"product_id": "id", "title_raw": "title", "image_path": "image"})
+        assert df["source"].tolist() == [f"{tmp_path / name} row 1", f"{tmp_path / name} row 2"]
 
 
 def test_missing_required_column_and_unknown_source():
@@ -102,7 +127,7 @@ def test_fashion_product_parquet_maps_the_hierarchy_and_writes_images(tmp_path):
     assert (tmp_path / "raw" / df.loc[0, "image_path"]).read_bytes() == images[0]["bytes"]
     assert df.loc[1, "image_path"].endswith(".jpg")  # no name: the bytes say JPEG
     assert pd.isna(df.loc[2, "image_path"])  # no image: clean rejects the row as missing_image
-    assert df.loc[2, "source"].endswith("train-00000-of-00001.parquet row 2")
+    assert df.loc[2, "source"].endswith("train-00000-of-00001.parquet row 3")
 
 
 def test_fashion_product_wrong_layout_names_the_missing_columns(tmp_path):
@@ -111,6 +136,12 @@ def test_fashion_product_wrong_layout_names_the_missing_columns(tmp_path):
         ingest({"source": "fashion_product", "path": str(tmp_path), "fashion_product": {"files": "*.parquet"}}, tmp_path)
     with pytest.raises(CatalogError, match=r"no parquet files matching '\*.pq'.*data.fashion_product.files"):
         ingest({"source": "fashion_product", "path": str(tmp_path), "fashion_product": {"files": "*.pq"}}, tmp_path)
+
+
+def test_fashion_product_image_column_of_file_names_stops_ingest(tmp_path):
+    pd.DataFrame({**FASHION_PRODUCT, "image": ["15970.jpg", "39386.jpg", "59263.jpg"]}).to_parquet(tmp_path / "x.parquet")
+    with pytest.raises(CatalogError, match=r"x.parquet: column 'image' is \w+; .*expects a struct \{bytes.*data.source: table"):
+        ingest({"source": "fashion_product", "path": str(tmp_path), "fashion_product": {"files": "*.parquet"}}, tmp_path)
 
 
 def write_fashiongen(path, n=5, keys=None):
@@ -140,6 +171,18 @@ def test_fashiongen_hdf5_groups_the_poses_of_a_product(tmp_path):
     assert df.loc[4, "source"].endswith("fashiongen_256_256_train.h5 index 4")
 
 
+def test_fashiongen_reads_gender_season_brand_and_pose(tmp_path):
+    write_fashiongen(tmp_path / "f.h5", n=2)
+    with h5py.File(tmp_path / "f.h5", "a") as h5:
+        h5["input_gender"] = np.array([[b"MEN"], [b"WOMEN"]])
+        h5["input_season"] = np.array([[b"SS2017"], [b"FW2016"]])
+        h5["input_brand"] = np.array([[b"Saint Laurent"], [b"Acne Studios"]])
+        h5["input_pose"] = np.array([[b"id_gridfs_1"], [b"id_gridfs_2"]])
+    df = ingest({"source": "fashiongen", "path": str(tmp_path), "fashiongen": {"files": "*.h5"}}, tmp_path / "raw")
+    assert df[["gender", "season", "brand", "pose"]].values.tolist() == [
+        ["MEN", "SS2017", "Saint Laurent", "id_gridfs_1"], ["WOMEN", "FW2016", "Acne Studios", "id_gridfs_2"]]
+
+
 def test_fashiongen_wrong_layout_names_the_missing_keys(tmp_path):
     write_fashiongen(tmp_path / "f.h5", keys={"input_image", "input_name"})
     with pytest.raises(CatalogError, match=r"f.h5: missing dataset\(s\) \['input_productID', 'input_description'"):
@@ -166,6 +209,24 @@ def test_webdataset_shards_keep_every_caption(tmp_path):
     assert df.loc[2, "source"].endswith("shard-000001.tar key p003")
 
 
+def test_webdataset_nested_attributes_fill_the_catalog_columns(tmp_path):
+    with wds.TarWriter(str(tmp_path / "a.tar")) as sink:
+        sink.write({"__key__": "p1", "png": png("red"), "json": json.dumps({
+            "title": "Red Shirt", "pattern": "solid", "attributes": {"color": "Red", "pattern": "striped", "fit": "slim"}})})
+        sink.write({"__key__": "p2", "png": png("blue"), "json": json.dumps({"title": "Blue Shirt", "color": "Blue"})})
+    with wds.TarWriter(str(tmp_path / "b.tar")) as sink:
+        sink.write({"__key__": "p3", "png": png("red"), "json": json.dumps({"attributes": {"title": "Red Shirt"}})})
+
+    def read(urls):
+        return ingest({"source": "webdataset", "path": str(tmp_path), "webdataset": {"urls": urls}}, tmp_path / "raw")
+
+    df = read("a.tar")
+    assert df["color"].tolist() == ["Red", "Blue"] and df.loc[0, "pattern"] == "solid"  # the top level wins
+    assert df.loc[0, "fit"] == "slim" and pd.isna(df.loc[1, "fit"])  # not a Catalog attribute: an extra column
+    with pytest.raises(CatalogError, match=r"b.tar key p3: json 'attributes' is \{'title'.*top level"):
+        read("b.tar")
+
+
 def test_webdataset_wrong_layout_says_what_a_sample_needs(tmp_path):
     with wds.TarWriter(str(tmp_path / "labels.tar")) as sink:
         sink.write({"__key__": "a", "cls": b"3"})
@@ -173,6 +234,21 @@ def test_webdataset_wrong_layout_says_what_a_sample_needs(tmp_path):
         ingest({"source": "webdataset", "path": str(tmp_path), "webdataset": {"urls": "labels.tar"}}, tmp_path / "raw")
     with pytest.raises(CatalogError, match=r"nope.tar: shard not found"):
         ingest({"source": "webdataset", "path": str(tmp_path), "webdataset": {"urls": ["nope.tar"]}}, tmp_path / "raw")
+
+
+def test_webdataset_default_urls_read_every_shard_in_the_folder(tmp_path):
+    for shard in range(11):
+        with wds.TarWriter(str(tmp_path / f"shards-{shard:06d}.tar")) as sink:
+            sink.write({"__key__": f"p{shard:03d}", "png": png("red"), "txt": f"shirt {shard}"})
+
+    def read(urls):
+        params = {"source": "webdataset", "path": str(tmp_path), "webdataset": {"urls": urls}}
+        return ingest(params, tmp_path / "raw")["product_id"].tolist()
+
+    assert read(load_params(ROOT / "params.yaml")["data"]["webdataset"]["urls"]) == [f"p{i:03d}" for i in range(11)]
+    assert read(["shards-00000{0..1}.tar", "shards-000010.tar"]) == ["p000", "p001", "p010"]
+    with pytest.raises(CatalogError, match=r"no shards matching '\*.tgz'; .*data.webdataset.urls"):
+        read("*.tgz")
 
 
 def test_table_images_by_root_absolute_path_or_downloaded_url(tmp_path):

@@ -54,6 +54,12 @@ def conform(df: pd.DataFrame, where: str) -> pd.DataFrame:
     return df[COLUMNS + extra].reset_index(drop=True)
 
 
+def row_source(file: str | Path, i: int) -> str:
+    """The `source` of a table's `i`-th data row (0-based), numbered as every reader's messages number
+    rows: from 1, the header not counted, so a row reads the same in a CSV, a TSV or a parquet file."""
+    return f"{file} row {i + 1}"
+
+
 def arrow_schema(raw: pa.Schema) -> pa.Schema:
     """The clean catalog's parquet schema from the raw one: columns that were all-null in the raw
     file get their real types (so every chunk clean writes has one schema), plus `duplicate_of`."""

@@ -13,15 +13,7 @@ import tarfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from braceexpand import braceexpand
-
 from catalog_search.catalog import CatalogError
-
-
-def expand_urls(urls: str | list[str], root: Path) -> list[Path]:
-    """Shard paths from a brace pattern (`train-{000000..000009}.tar`) or a list; relative to `root`."""
-    patterns = [urls] if isinstance(urls, str) else list(urls)
-    return [root / p for pattern in patterns for p in braceexpand(pattern)]
 
 
 def _split_name(name: str) -> tuple[str, str]:

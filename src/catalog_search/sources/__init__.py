@@ -3,8 +3,8 @@
 A reader is `read(path, cfg, out_dir) -> DataFrame`: `path` is the input location
 (`data.path`), `cfg` its own params section, `out_dir` where it may write files it creates
 (the demo and the sources with embedded images write their images there). A reader may add a
-`source` column naming each row's origin (file and row); clean's messages quote it. New formats
-register here.
+`source` column naming each row's origin (file and row, as `catalog.row_source` numbers rows);
+clean's messages quote it. New formats register here.
 """
 from __future__ import annotations
 
@@ -42,5 +42,5 @@ def ingest(data_params: dict, out_dir: Path) -> pd.DataFrame:
     if df.empty:
         raise catalog.CatalogError(f"{where}: the source has no rows; nothing to build a catalog from.")
     if "source" not in df.columns:  # where each row came from, for clean's messages
-        df["source"] = [f"{source} row {i}" for i in range(len(df))]
+        df["source"] = [catalog.row_source(source, i) for i in range(len(df))]
     return catalog.conform(df, where)

@@ -22,6 +22,8 @@ from catalog_search.sources.embedded import ImageWriter, source_files, text
 FIELDS = {"input_name": "title_raw", "input_description": "description", "input_category": "category",
           "input_subcategory": "subcategory"}
 EXPECTED = ["input_image", "input_productID", *FIELDS]
+# read where the file has them; brand and pose have no Catalog column and stay as extra columns
+OPTIONAL = {"input_gender": "gender", "input_season": "season", "input_brand": "brand", "input_pose": "pose"}
 
 
 def read_fashiongen(folder: Path, files: str, out_dir: Path, batch_rows: int = 256) -> pd.DataFrame:
@@ -35,18 +37,19 @@ def read_fashiongen(folder: Path, files: str, out_dir: Path, batch_rows: int = 2
                 raise CatalogError(f"{path}: missing dataset(s) {missing}; the fashiongen reader expects the "
                                    f"Fashion-Gen layout {EXPECTED} (input_image: N x H x W x 3 uint8). "
                                    f"The file has {sorted(h5.keys())}.")
+            read = {**FIELDS, **{k: ours for k, ours in OPTIONAL.items() if k in h5}}
             n = len(h5["input_image"])
             for start in tqdm(range(0, n, batch_rows), desc=f"ingest {path.name}", unit="batch"):
                 stop = min(start + batch_rows, n)
                 pixels = h5["input_image"][start:stop]
-                fields = {k: h5[k][start:stop].reshape(stop - start, -1)[:, 0] for k in ["input_productID", *FIELDS]}
+                fields = {k: h5[k][start:stop].reshape(stop - start, -1)[:, 0] for k in ["input_productID", *read]}
                 for i in range(stop - start):
                     product = text(fields["input_productID"][i]).strip()
                     poses[product] += 1
                     rows.append({
                         "product_id": f"{product}-{poses[product] - 1}", "group_id": product,
                         "image_path": images.write(_png(pixels[i]), None),
-                        **{ours: text(fields[k][i]) for k, ours in FIELDS.items()},
+                        **{ours: text(fields[k][i]) for k, ours in read.items()},
                         "source": f"{path} index {start + i}",
                     })
     return pd.DataFrame(rows)

@@ -11,34 +11,37 @@ from urllib.parse import unquote, urlparse
 
 import pandas as pd
 
-from catalog_search.catalog import CatalogError
+from catalog_search.catalog import REQUIRED, CatalogError, row_source
 
 
 def read_table(path: Path, columns: dict[str, str], encoding: str = "utf-8", image_root: str | None = None,
                url_folder: str | None = None) -> pd.DataFrame:
-    """Read `path` and rename the user's columns to the Catalog's (`columns`: catalog -> user)."""
+    """Read `path` and rename the user's columns to the Catalog's (`columns`: catalog -> user).
+
+    A column the file already names as the Catalog does needs no entry; only the required ones must exist."""
     if not path.exists():
         raise CatalogError(f"{path}: catalog table not found; set data.path and data.table.file in params.yaml.")
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         df = pd.read_parquet(path)
-        where = [f"{path} row {i}" for i in range(len(df))]
     elif suffix in (".csv", ".tsv"):
         df = _read_csv(path, "\t" if suffix == ".tsv" else ",", encoding)
-        where = [f"{path} row {i + 1}" for i in range(len(df))]  # data rows, 1-based, header not counted
     else:
         raise CatalogError(f"{path}: unsupported table type {path.suffix!r}; use .csv, .tsv or .parquet.")
-    missing = {ours: theirs for ours, theirs in columns.items() if theirs not in df.columns}
+    wanted = {**{c: c for c in REQUIRED}, **columns}
+    missing = {ours: theirs for ours, theirs in wanted.items() if theirs not in df.columns}
     if missing:
+        keys = ", ".join(f"data.table.columns.{ours}" for ours in missing)
         raise CatalogError(
-            f"{path}: column(s) {sorted(missing.values())} (mapped to {sorted(missing)}) not found; "
-            f"the file has {list(df.columns)}. Fix data.table.columns in params.yaml."
+            f"{path}: column(s) {list(missing.values())} not found; the file has {list(df.columns)}. Fix {keys} "
+            f"in params.yaml: set each to the file's column for it (only {REQUIRED} are required; an optional "
+            "entry can go)."
         )
     df = df.rename(columns={theirs: ours for ours, theirs in columns.items()})
     root = (path.parent / (image_root or "")).resolve()  # absolute: later stages read from elsewhere
     urls = None if url_folder is None else path.parent / url_folder  # an absolute url_folder stays absolute
     df["image_path"] = [_locate(p, root, urls) for p in df["image_path"]]
-    df["source"] = where
+    df["source"] = [row_source(path, i) for i in range(len(df))]
     return df
 
 
@@ -54,8 +57,8 @@ def _read_csv(path: Path, sep: str, encoding: str) -> pd.DataFrame:
             start = whole.start
         line = data.count(b"\n", 0, start) + 1
         raise CatalogError(f"{path}: not valid {encoding} at byte {start} (line {line}: "
-                           f"{data.splitlines()[line - 1][:80]!r}); set data.table.encoding (e.g. latin-1, cp1252) "
-                           "or re-save the file as UTF-8.") from e
+                           f"{data.splitlines()[line - 1][:80]!r}); set data.table.encoding (cp1252 for a Windows "
+                           "export) or re-save the file as UTF-8.") from e
 
 
 def _locate(value, root: Path, url_folder: Path | None) -> str | None:

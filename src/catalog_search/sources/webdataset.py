@@ -3,24 +3,28 @@ several captions and any Catalog fields; all captions are kept (caption augmenta
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
+from braceexpand import braceexpand
 from tqdm import tqdm
 
-from catalog_search.catalog import ATTRIBUTES, CatalogError
-from catalog_search.sources.embedded import ImageWriter, text
-from catalog_search.tars import expand_urls, read_samples
+from catalog_search.catalog import ATTRIBUTES, COLUMNS, CatalogError
+from catalog_search.sources.embedded import ImageWriter, source_files, text
+from catalog_search.tars import read_samples
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 TEXT_EXTS = ("txt", "json")
+GLOB = re.compile(r"[*?[]")
+NOT_ATTRIBUTES = {*COLUMNS, "source"} - set(ATTRIBUTES)  # the row's other columns: a json's top level gives them
 
 
 def read_webdataset(folder: Path, urls: str | list[str], out_dir: Path) -> pd.DataFrame:
-    """Read the shards `urls` (brace patterns allowed, relative to `folder`)."""
+    """Read the shards `urls` (see `shard_paths`)."""
     images = ImageWriter(out_dir, "wds")
     rows, seen_exts = [], set()
-    paths = expand_urls(urls, folder)
+    paths = shard_paths(folder, urls)
     for path in tqdm(paths, desc="ingest shards", unit="shard"):
         for sample in read_samples(path):
             seen_exts |= set(k for k in sample if not k.startswith("__"))
@@ -31,6 +35,18 @@ def read_webdataset(folder: Path, urls: str | list[str], out_dir: Path) -> pd.Da
                            f"the webdataset reader expects an image ({'/'.join(IMAGE_EXTS)}) and a txt caption or a "
                            "json (captions, title, product_id, ...) per sample.")
     return pd.DataFrame(rows)
+
+
+def shard_paths(folder: Path, urls: str | list[str]) -> list[Path]:
+    """Shard files from a glob (`*.tar`: every shard in the folder, sorted), a brace pattern
+    (`shards-{000000..000009}.tar`) or a list of them, relative to `folder`. A glob that matches
+    nothing stops here; a named shard that is missing stops when it is read."""
+    paths: list[Path] = []
+    for pattern in [urls] if isinstance(urls, str) else urls:
+        for name in braceexpand(pattern):
+            glob = GLOB.search(name)
+            paths += source_files(folder, name, "shards", "data.webdataset.urls") if glob else [folder / name]
+    return paths
 
 
 def _row(sample: dict, images: ImageWriter) -> dict:
@@ -52,6 +68,18 @@ def _row(sample: dict, images: ImageWriter) -> dict:
         "image_path": images.write(sample[image_ext], f"x.{image_ext}") if image_ext else None,
         "title_raw": meta.get("title") or (captions[0] if captions else None),
         "description": meta.get("description"), "captions": captions, "group_id": meta.get("group_id"),
-        **{a: meta.get(a) for a in ATTRIBUTES if meta.get(a) is not None},
+        **_attributes(meta, where),
         "source": where,
     }
+
+
+def _attributes(meta: dict, where: str) -> dict:
+    """A sample's attributes from top-level keys (`"color": "Red"`) and an `attributes` object
+    (`"attributes": {"color": "Red", "fit": "slim"}`); where both give one, the top level wins. Names
+    outside catalog.ATTRIBUTES become extra columns, as the table reader keeps a table's extra columns."""
+    nested = meta.get("attributes") or {}
+    if not isinstance(nested, dict) or NOT_ATTRIBUTES & nested.keys():
+        raise CatalogError(f"{where}: json 'attributes' is {nested!r:.200}; it must be an object of attribute names "
+                           f"to values, none of them {sorted(NOT_ATTRIBUTES)} (those go at the json's top level).")
+    top = {a: meta[a] for a in ATTRIBUTES if meta.get(a) is not None}
+    return {name: value for name, value in {**nested, **top}.items() if value is not None}

@@ -1,4 +1,5 @@
 import io
+import re
 import shutil
 import struct
 import zlib
@@ -40,6 +41,24 @@ def test_descriptions_captions_and_templates():
     assert rendered == ["men tshirts in navy blue"]  # the second names an unknown attribute: skipped
     assert assemble_captions("Red Dress", ["a red dress", "Red  Dress"], "", ["red dresses"]) == \
         ["Red Dress", "a red dress", "red dresses"]
+
+
+def test_c1_controls_read_as_cp1252_in_every_text_field(tmp_path, clean_params, rules):
+    """A feed decoded as Latin-1 keeps cp1252's punctuation as C1 controls (It\\x92s)."""
+    assert clean_text("It\x92s \x93new\x94\x81, \x80 5\x85") == "It’s “new”, € 5..."  # \x81: undefined in cp1252
+    assert clean_title("NORDVIK\x99 Men\x92s Shirt \x96 \x8019.99", rules) == "Men’s Shirt"  # ™ and € are seen
+    pattern(0).save(tmp_path / "a.png")
+    raw = pd.DataFrame({"product_id": ["a"], "image_path": ["a.png"], "title_raw": ["Men\x92s Shirt"],
+                        "description": ["It\x92s soft"], "query": ["men\x92s shirt"],
+                        "captions": [["a \x93soft\x94 shirt"]], "gender": ["Men\x92s"]})
+    catalog.save(catalog.conform(raw, "t"), tmp_path / "catalog.parquet")
+    clean_catalog(tmp_path / "catalog.parquet", tmp_path / "out", {**clean_params, "workers": 0})
+    row = catalog.load(tmp_path / "out" / "catalog.parquet").iloc[0]
+    assert (row["title"], row["description"], row["query"], row["gender"]) == \
+        ("Men’s Shirt", "It’s soft", "men’s shirt", "Men’s")
+    assert row["captions"] == ["Men’s Shirt", "a “soft” shirt", "It’s soft"]
+    written = [v for k, v in row.items() if isinstance(v, str) and k != "title_raw"] + row["captions"]
+    assert not [v for v in written if re.search("[\x80-\x9f]", v)]  # title_raw stays as the source gave it
 
 
 def test_demo_titles_mostly_recovered(demo_raw, clean_params, tmp_path):

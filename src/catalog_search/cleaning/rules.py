@@ -30,6 +30,7 @@ from catalog_search.io import atomic_path
 from catalog_search.params import check_choice
 
 WORKER_BATCH = 32  # images per pool task
+TEXT_FIELDS = ["description", "query", *catalog.ATTRIBUTES]  # written through clean_text
 
 
 @dataclass
@@ -187,12 +188,14 @@ class Cleaner:
         bar.update(len(chunk.rows))
 
     def _finish_row(self, row: dict, name: str, duplicate_of: str | None) -> dict:
+        """The kept row as written: every text field through clean_text (the title went through
+        clean_title), captions assembled from the cleaned fields."""
         out = dict(row)
-        description = clean_text(row["description"]) if isinstance(row["description"], str) else None
-        out.update(image_path=f"images/{name}", description=description or None, duplicate_of=duplicate_of,
-                   captions=assemble_captions(row["title"], row["captions"] or [], description,
+        out.update({c: clean_text(row[c]) or None for c in TEXT_FIELDS if isinstance(row[c], str)})
+        out.update(image_path=f"images/{name}", duplicate_of=duplicate_of,
+                   captions=assemble_captions(row["title"], row["captions"] or [], out["description"],
                                               self.templates.render(out)),
-                   query=row["query"] if isinstance(row["query"], str) and row["query"] else row["title"].lower())
+                   query=out["query"] or row["title"].lower())
         self.score.add(out)  # where the source has ground truth (the demo catalog)
         return out
 

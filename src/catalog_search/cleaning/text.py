@@ -11,6 +11,9 @@ _TAG = re.compile(r"<[^>]+>")
 _SYMBOLS = re.compile(r"[®™©℠]")  # before NFKC, which would turn ™ into the letters "TM"
 _SEPARATORS = re.compile(r"\s*[|,;/]\s*|\s+[-–—]\s+")
 _SPACE = re.compile(r"\s+")
+# C1 controls are what a Latin-1 decode leaves of cp1252 punctuation (It\x92s): read them as cp1252
+# does; the five code points it leaves undefined are dropped
+_CP1252_C1 = {c: bytes([c]).decode("cp1252", "ignore") for c in range(0x80, 0xA0)}
 
 
 @dataclass(frozen=True)
@@ -30,15 +33,22 @@ def _capitalise(word: str) -> str:
     return word[:1].upper() + word[1:].lower()
 
 
+def _unescape(raw: str | None) -> str:
+    """HTML entities, then C1 controls as cp1252 reads them (after unescape, which leaves
+    `&#x81;` and the other cp1252 gaps as controls): the text a right decode would have given."""
+    return html.unescape(raw or "").translate(_CP1252_C1)
+
+
 def clean_text(raw: str | None) -> str:
-    """Unicode (NFKC), HTML entities and tags, whitespace: for descriptions and captions."""
-    text = unicodedata.normalize("NFKC", html.unescape(raw or ""))
+    """HTML entities, C1 controls, Unicode (NFKC), tags, whitespace: for every text field clean
+    writes but the title (clean_title)."""
+    text = unicodedata.normalize("NFKC", _unescape(raw))
     return _SPACE.sub(" ", _TAG.sub(" ", text)).strip()
 
 
 def clean_title(raw: str, rules: TitleRules) -> str:
     """Strip markup, brands, SKUs, prices, pack sizes and shipping text; fix shouting case."""
-    text = unicodedata.normalize("NFKC", _SYMBOLS.sub(" ", html.unescape(raw or "")))
+    text = unicodedata.normalize("NFKC", _SYMBOLS.sub(" ", _unescape(raw)))
     text = _TAG.sub(" ", text)
     for pattern in rules.patterns:
         text = pattern.sub(" ", text)

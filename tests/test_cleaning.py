@@ -29,6 +29,12 @@ def rules(clean_params):
     ("Blue Sneakers, 3-pack, SKU: AB-12", "Blue Sneakers"),
     ("Ｗｉｄｅ  Ｌｅｇ Trousers", "Wide Leg Trousers"),  # full-width letters: NFKC
     ("HOT DEAL!! Linen Shirt - 30% OFF", "Linen Shirt"),
+    # punctuation the removals leave behind; marks inside a token stay
+    ("Linen Shirt - SALE !!!", "Linen Shirt"),
+    ("Linen Shirt??? Free Shipping!!", "Linen Shirt"),
+    ("Wool Scarf - Made in Portugal . Free Returns!", "Wool Scarf Made in Portugal"),
+    ("Cotton Tee . Made in Portugal", "Cotton Tee. Made in Portugal"),
+    ("3.5 Inch T-shirt Dress, Made in the U.S.", "3.5 Inch T-shirt Dress Made in the U.S."),
 ])
 def test_title_rules(rules, raw, clean):
     assert clean_title(raw, rules) == clean

@@ -14,6 +14,11 @@ _SPACE = re.compile(r"\s+")
 # C1 controls are what a Latin-1 decode leaves of cp1252 punctuation (It\x92s): read them as cp1252
 # does; the five code points it leaves undefined are dropped
 _CP1252_C1 = {c: bytes([c]).decode("cp1252", "ignore") for c in range(0x80, 0xA0)}
+_SPACE_BEFORE_MARK = re.compile(r"\s+(?=[.,;:!?])")
+_MARK_RUN = re.compile(r"([.,;:!?])[.,;:!?]+")
+_LEADING = re.compile(r"^[\s.,;:!?\-–—]+")
+# a final dot stays after an abbreviation (U.S.): one letter, a dot, one letter
+_TRAILING = re.compile(r"(?:[\s,;:!?\-–—]|(?<!\b[^\W\d_]\.[^\W\d_])\.)+$")
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,14 @@ def _unescape(raw: str | None) -> str:
     return html.unescape(raw or "").translate(_CP1252_C1)
 
 
+def _tidy_punctuation(text: str) -> str:
+    """Punctuation the removals leave behind: no space before a mark ("Portugal ." -> "Portugal."),
+    a run of marks keeps its first ("!!!" -> "!"), none dangling at either end. Marks inside a
+    token (3.5, T-shirt, U.S.) are untouched."""
+    text = _MARK_RUN.sub(r"\1", _SPACE_BEFORE_MARK.sub("", text))
+    return _TRAILING.sub("", _LEADING.sub("", text))
+
+
 def clean_text(raw: str | None) -> str:
     """HTML entities, C1 controls, Unicode (NFKC), tags, whitespace: for every text field clean
     writes but the title (clean_title)."""
@@ -47,12 +60,13 @@ def clean_text(raw: str | None) -> str:
 
 
 def clean_title(raw: str, rules: TitleRules) -> str:
-    """Strip markup, brands, SKUs, prices, pack sizes and shipping text; fix shouting case."""
+    """Strip markup, brands, SKUs, prices, pack sizes and shipping text, then the punctuation
+    they leave behind; fix shouting case."""
     text = unicodedata.normalize("NFKC", _SYMBOLS.sub(" ", _unescape(raw)))
     text = _TAG.sub(" ", text)
     for pattern in rules.patterns:
         text = pattern.sub(" ", text)
-    text = _SPACE.sub(" ", _SEPARATORS.sub(" ", text)).strip(" -–—.")
+    text = _tidy_punctuation(_SPACE.sub(" ", _SEPARATORS.sub(" ", text)))
     if text.isupper():
         text = " ".join(_capitalise(w) for w in text.split(" "))
     return text

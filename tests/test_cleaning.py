@@ -157,6 +157,7 @@ def write_corpus(folder):
         ("copy", "img/good_copy.png", "Blue Shirt copy", "duplicate_image_exact"),
         ("resized", "img/good_resized.jpg", "Blue Shirt small", "kept"),
         ("notitle", "img/rgba.png", "SKU 1234 | Free Shipping", "empty_title"),
+        ("untitled", "img/rgba.png", "", "missing_title"),
         ("url", "https://cdn.example.com/p/9.jpg", "Web Shirt", "image_not_downloaded"),
         ("", "img/rgba.png", "Nameless Shirt", "missing_product_id"),
         ("rgba", "img/rgba.png", "Clear Tote", "kept"),
@@ -187,8 +188,13 @@ def test_bad_catalog_corpus_every_row_lands_where_it_should(tmp_path, clean_para
     assert metrics["rows_in"] == len(rows) == metrics["rows_kept"] + metrics["rows_rejected"]
     assert metrics["rejected_by_reason"]["duplicate_image_exact"] == 1 and metrics["duplicates_grouped"] == {"near": 1}
     # every message names the CSV and its row, and says what is wrong
+    csv, said = tmp_path / "src" / "catalog.csv", {}
     for _, r in rejected.iterrows():
-        assert r["message"].startswith(f"{tmp_path / 'src' / 'catalog.csv'} row {r['source_row'] + 1}: ")
+        where = f"{csv} row {r['source_row'] + 1}: "
+        assert r["message"].startswith(where)
+        said[r["reason"]] = r["message"].removeprefix(where)
+    assert said["missing_title"] == "product 'untitled' has no title; give it one in the source (the column mapped " \
+                                    "to title_raw)"
     assert rejected.set_index("reason").loc["duplicate_image_exact", "duplicate_of"] == "ok"
     # the near-identical copy is kept, in the original's group, pointing at it
     assert kept.loc["resized", "duplicate_of"] == "ok" and kept.loc["resized", "group_id"] == kept.loc["ok", "group_id"]

@@ -141,10 +141,14 @@ class Cleaner:
                                            "ids must be unique (fix the source)", duplicate_of=pid))
             else:
                 self.seen_ids[pid] = i
-                title = clean_title(row["title_raw"] if isinstance(row["title_raw"], str) else "", self.rules)
-                if not title:
-                    out.append(self._rejection(i, row, "empty_title", f"title {row['title_raw']!r} is empty after "
-                                                                      "cleaning (clean.title rules)"))
+                raw_title = row["title_raw"] if isinstance(row["title_raw"], str) else ""
+                if not raw_title.strip():
+                    out.append(self._rejection(i, row, "missing_title", f"product {pid!r} has no title; give it one "
+                                                                        "in the source (the column mapped to title_raw)"))
+                elif not (title := clean_title(raw_title, self.rules)):
+                    out.append(self._rejection(i, row, "empty_title", f"product {pid!r}: nothing is left of title "
+                                                                      f"{raw_title!r} after the clean.title rules; give "
+                                                                      "it a descriptive title or loosen clean.title"))
                 else:
                     row["title"] = title
                     pending.append((i, image_name(pid, self.images.format)))

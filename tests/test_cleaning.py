@@ -195,6 +195,11 @@ def test_bad_catalog_corpus_every_row_lands_where_it_should(tmp_path, clean_para
         said[r["reason"]] = r["message"].removeprefix(where)
     assert said["missing_title"] == "product 'untitled' has no title; give it one in the source (the column mapped " \
                                     "to title_raw)"
+    first = f"{csv} row 1"  # product "ok": its id and its image come back later in the corpus
+    assert said["duplicate_product_id"] == f"product_id 'ok' is already used at {first} (the first row with an id " \
+                                           "wins); ids must be unique (fix the source)"
+    assert said["duplicate_image_exact"] == f"the same image file bytes as product 'ok' at {first}, which is kept " \
+                                            "(clean.dedupe.exact: reject; group or keep keeps both)"
     assert rejected.set_index("reason").loc["duplicate_image_exact", "duplicate_of"] == "ok"
     # the near-identical copy is kept, in the original's group, pointing at it
     assert kept.loc["resized", "duplicate_of"] == "ok" and kept.loc["resized", "group_id"] == kept.loc["ok", "group_id"]

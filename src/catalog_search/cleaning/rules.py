@@ -77,7 +77,7 @@ class Cleaner:
         self.templates = CaptionTemplates.from_params(cfg["captions"]["templates"])
         self.images = ImageSettings(**cfg["image"])
         self.dedupe = Deduplicator(cfg["dedupe"]["exact"], cfg["dedupe"]["near"], cfg["dedupe"]["max_distance"])
-        self.seen_ids: dict[str, int] = {}
+        self.seen_ids: dict[str, str] = {}  # product_id -> where its first row is (file and row)
         self.reasons: Counter = Counter()
         self.duplicates_grouped: Counter = Counter()
         self.rows_in = self.rows_kept = 0
@@ -122,8 +122,12 @@ class Cleaner:
             self.reasons.update(r["reason"] for r in rows)
             writer.write_table(pa.Table.from_pylist(rows, schema=catalog.REJECTED_SCHEMA))
 
+    def _where(self, i: int, row: dict) -> str:
+        """Where a raw row came from, for messages: its source file and row when the reader gave one."""
+        return row.get("source") or f"{self.raw_path} row {i}"
+
     def _rejection(self, i: int, row: dict, reason: str, message: str, duplicate_of: str | None = None) -> dict:
-        where = row.get("source") or f"{self.raw_path} row {i}"
+        where = self._where(i, row)
         return {"source_row": i, "source": where, "product_id": row["product_id"], "image_path": row["image_path"],
                 "title_raw": row["title_raw"], "reason": reason, "message": f"{where}: {message}",
                 "duplicate_of": duplicate_of}
@@ -137,10 +141,11 @@ class Cleaner:
                 out.append(self._rejection(i, row, "missing_product_id", "empty product_id; every row needs a unique id"))
             elif pid in self.seen_ids:
                 out.append(self._rejection(i, row, "duplicate_product_id",
-                                           f"product_id {pid!r} already used by source row {self.seen_ids[pid]}; "
-                                           "ids must be unique (fix the source)", duplicate_of=pid))
+                                           f"product_id {pid!r} is already used at {self.seen_ids[pid]} (the "
+                                           "first row with an id wins); ids must be unique (fix the source)",
+                                           duplicate_of=pid))
             else:
-                self.seen_ids[pid] = i
+                self.seen_ids[pid] = self._where(i, row)
                 raw_title = row["title_raw"] if isinstance(row["title_raw"], str) else ""
                 if not raw_title.strip():
                     out.append(self._rejection(i, row, "missing_title", f"product {pid!r} has no title; give it one "
@@ -177,8 +182,9 @@ class Cleaner:
                 (self.out_dir / "images" / name).unlink()
                 what = "the same image file bytes" if duplicate.kind == "exact" else "a near-identical picture"
                 out.append(self._rejection(i, row, f"duplicate_image_{duplicate.kind}",
-                                           f"{what} as product {duplicate.of!r} (clean.dedupe.{duplicate.kind})",
-                                           duplicate_of=duplicate.of))
+                                           f"{what} as product {duplicate.of!r} at {self.seen_ids[duplicate.of]}, "
+                                           f"which is kept (clean.dedupe.{duplicate.kind}: reject; group or keep "
+                                           "keeps both)", duplicate_of=duplicate.of))
                 continue
             if duplicate:  # group
                 self.dedupe.merge(row["group_id"], duplicate)

@@ -1,4 +1,5 @@
 import io
+import re
 import shutil
 import struct
 import zlib
@@ -28,6 +29,12 @@ def rules(clean_params):
     ("Blue Sneakers, 3-pack, SKU: AB-12", "Blue Sneakers"),
     ("Ｗｉｄｅ  Ｌｅｇ Trousers", "Wide Leg Trousers"),  # full-width letters: NFKC
     ("HOT DEAL!! Linen Shirt - 30% OFF", "Linen Shirt"),
+    # punctuation the removals leave behind; marks inside a token stay
+    ("Linen Shirt - SALE !!!", "Linen Shirt"),
+    ("Linen Shirt??? Free Shipping!!", "Linen Shirt"),
+    ("Wool Scarf - Made in Portugal . Free Returns!", "Wool Scarf Made in Portugal"),
+    ("Cotton Tee . Made in Portugal", "Cotton Tee. Made in Portugal"),
+    ("3.5 Inch T-shirt Dress, Made in the U.S.", "3.5 Inch T-shirt Dress Made in the U.S."),
 ])
 def test_title_rules(rules, raw, clean):
     assert clean_title(raw, rules) == clean
@@ -40,6 +47,24 @@ def test_descriptions_captions_and_templates():
     assert rendered == ["men tshirts in navy blue"]  # the second names an unknown attribute: skipped
     assert assemble_captions("Red Dress", ["a red dress", "Red  Dress"], "", ["red dresses"]) == \
         ["Red Dress", "a red dress", "red dresses"]
+
+
+def test_c1_controls_read_as_cp1252_in_every_text_field(tmp_path, clean_params, rules):
+    """A feed decoded as Latin-1 keeps cp1252's punctuation as C1 controls (It\\x92s)."""
+    assert clean_text("It\x92s \x93new\x94\x81, \x80 5\x85") == "It’s “new”, € 5..."  # \x81: undefined in cp1252
+    assert clean_title("NORDVIK\x99 Men\x92s Shirt \x96 \x8019.99", rules) == "Men’s Shirt"  # ™ and € are seen
+    pattern(0).save(tmp_path / "a.png")
+    raw = pd.DataFrame({"product_id": ["a"], "image_path": ["a.png"], "title_raw": ["Men\x92s Shirt"],
+                        "description": ["It\x92s soft"], "query": ["men\x92s shirt"],
+                        "captions": [["a \x93soft\x94 shirt"]], "gender": ["Men\x92s"]})
+    catalog.save(catalog.conform(raw, "t"), tmp_path / "catalog.parquet")
+    clean_catalog(tmp_path / "catalog.parquet", tmp_path / "out", {**clean_params, "workers": 0})
+    row = catalog.load(tmp_path / "out" / "catalog.parquet").iloc[0]
+    assert (row["title"], row["description"], row["query"], row["gender"]) == \
+        ("Men’s Shirt", "It’s soft", "men’s shirt", "Men’s")
+    assert row["captions"] == ["Men’s Shirt", "a “soft” shirt", "It’s soft"]
+    written = [v for k, v in row.items() if isinstance(v, str) and k != "title_raw"] + row["captions"]
+    assert not [v for v in written if re.search("[\x80-\x9f]", v)]  # title_raw stays as the source gave it
 
 
 def test_demo_titles_mostly_recovered(demo_raw, clean_params, tmp_path):
@@ -132,6 +157,7 @@ def write_corpus(folder):
         ("copy", "img/good_copy.png", "Blue Shirt copy", "duplicate_image_exact"),
         ("resized", "img/good_resized.jpg", "Blue Shirt small", "kept"),
         ("notitle", "img/rgba.png", "SKU 1234 | Free Shipping", "empty_title"),
+        ("untitled", "img/rgba.png", "", "missing_title"),
         ("url", "https://cdn.example.com/p/9.jpg", "Web Shirt", "image_not_downloaded"),
         ("", "img/rgba.png", "Nameless Shirt", "missing_product_id"),
         ("rgba", "img/rgba.png", "Clear Tote", "kept"),
@@ -162,8 +188,18 @@ def test_bad_catalog_corpus_every_row_lands_where_it_should(tmp_path, clean_para
     assert metrics["rows_in"] == len(rows) == metrics["rows_kept"] + metrics["rows_rejected"]
     assert metrics["rejected_by_reason"]["duplicate_image_exact"] == 1 and metrics["duplicates_grouped"] == {"near": 1}
     # every message names the CSV and its row, and says what is wrong
+    csv, said = tmp_path / "src" / "catalog.csv", {}
     for _, r in rejected.iterrows():
-        assert r["message"].startswith(f"{tmp_path / 'src' / 'catalog.csv'} row {r['source_row'] + 1}: ")
+        where = f"{csv} row {r['source_row'] + 1}: "
+        assert r["message"].startswith(where)
+        said[r["reason"]] = r["message"].removeprefix(where)
+    assert said["missing_title"] == "product 'untitled' has no title; give it one in the source (the column mapped " \
+                                    "to title_raw)"
+    first = f"{csv} row 1"  # product "ok": its id and its image come back later in the corpus
+    assert said["duplicate_product_id"] == f"product_id 'ok' is already used at {first} (the first row with an id " \
+                                           "wins); ids must be unique (fix the source)"
+    assert said["duplicate_image_exact"] == f"the same image file bytes as product 'ok' at {first}, which is kept " \
+                                            "(clean.dedupe.exact: reject; group or keep keeps both)"
     assert rejected.set_index("reason").loc["duplicate_image_exact", "duplicate_of"] == "ok"
     # the near-identical copy is kept, in the original's group, pointing at it
     assert kept.loc["resized", "duplicate_of"] == "ok" and kept.loc["resized", "group_id"] == kept.loc["ok", "group_id"]

@@ -20,6 +20,17 @@ def test_splits_keep_groups_together_and_stratify():
     assert split.tolist() == assign_splits(df, 0.1, 0.1, "article_type", 0).tolist()  # deterministic
 
 
+def test_classes_rarer_than_the_folds_do_not_stop_a_small_catalog():
+    """Alone, scikit-learn stops here: "n_splits=7 cannot be greater than the number of members in
+    each class" (the test holdout: 7 folds, no type with 7 rows). Rare types share one bucket."""
+    rows = [(f"{t}{k}", t) for t in ["Dress", "Coat", "Bag"] for k in range(3) for _ in (0, 1)] + [("hat", "Hat")]
+    df = pd.DataFrame(rows, columns=["group_id", "article_type"])  # 9 groups of 2 rows, and a single hat
+    split = assign_splits(df, 0.1, 0.15, "article_type", 0)
+    assert (df.assign(split=split).groupby("group_id")["split"].nunique() == 1).all()
+    assert set(split) == {"train", "val", "test"}
+    assert split.tolist() == assign_splits(df, 0.1, 0.15, "article_type", 0).tolist()
+
+
 def test_too_few_groups_is_an_error():
     with pytest.raises(CatalogError, match="at least 3"):
         assign_splits(pd.DataFrame({"group_id": ["a", "a", "b"], "article_type": ["x"] * 3}), 0.1, 0.1, None, 0)

@@ -20,13 +20,17 @@ SPLITS = ["train", "val", "test", "mini_train"]
 
 
 def _holdout(df: pd.DataFrame, frac: float, stratify: str | None, seed: int) -> np.ndarray:
-    """Boolean mask of a ~`frac` holdout that keeps every group on one side."""
+    """Boolean mask of a ~`frac` holdout that keeps every group on one side.
+
+    Classes with fewer rows than folds are stratified as one bucket: such a class cannot reach
+    every fold anyway, and scikit-learn stops when no class can (a small catalog)."""
     from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold  # shard only: readers stay light
 
     groups = df["group_id"].to_numpy()
     n_splits = max(2, round(1 / frac))
     if stratify and df[stratify].notna().any() and pd.Series(groups).nunique() >= n_splits:
-        labels = df[stratify].fillna("unknown").astype(str).to_numpy()
+        labels = df[stratify].fillna("unknown").astype(str)
+        labels = pd.factorize(labels.where(labels.map(labels.value_counts()) >= n_splits))[0]  # rare: -1
         splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
         _, hold = next(splitter.split(np.zeros(len(df)), labels, groups))
     else:  # too few groups or no labels to stratify by

@@ -30,6 +30,7 @@ from catalog_search.io import atomic_path
 from catalog_search.params import check_choice
 
 WORKER_BATCH = 32  # images per pool task
+TEXT_FIELDS = ["description", "query", *catalog.ATTRIBUTES]  # written through clean_text
 
 
 @dataclass
@@ -76,7 +77,7 @@ class Cleaner:
         self.templates = CaptionTemplates.from_params(cfg["captions"]["templates"])
         self.images = ImageSettings(**cfg["image"])
         self.dedupe = Deduplicator(cfg["dedupe"]["exact"], cfg["dedupe"]["near"], cfg["dedupe"]["max_distance"])
-        self.seen_ids: dict[str, int] = {}
+        self.seen_ids: dict[str, str] = {}  # product_id -> where its first row is (file and row)
         self.reasons: Counter = Counter()
         self.duplicates_grouped: Counter = Counter()
         self.rows_in = self.rows_kept = 0
@@ -121,8 +122,12 @@ class Cleaner:
             self.reasons.update(r["reason"] for r in rows)
             writer.write_table(pa.Table.from_pylist(rows, schema=catalog.REJECTED_SCHEMA))
 
+    def _where(self, i: int, row: dict) -> str:
+        """Where a raw row came from, for messages: its source file and row when the reader gave one."""
+        return row.get("source") or f"{self.raw_path} row {i}"
+
     def _rejection(self, i: int, row: dict, reason: str, message: str, duplicate_of: str | None = None) -> dict:
-        where = row.get("source") or f"{self.raw_path} row {i}"
+        where = self._where(i, row)
         return {"source_row": i, "source": where, "product_id": row["product_id"], "image_path": row["image_path"],
                 "title_raw": row["title_raw"], "reason": reason, "message": f"{where}: {message}",
                 "duplicate_of": duplicate_of}
@@ -136,14 +141,19 @@ class Cleaner:
                 out.append(self._rejection(i, row, "missing_product_id", "empty product_id; every row needs a unique id"))
             elif pid in self.seen_ids:
                 out.append(self._rejection(i, row, "duplicate_product_id",
-                                           f"product_id {pid!r} already used by source row {self.seen_ids[pid]}; "
-                                           "ids must be unique (fix the source)", duplicate_of=pid))
+                                           f"product_id {pid!r} is already used at {self.seen_ids[pid]} (the "
+                                           "first row with an id wins); ids must be unique (fix the source)",
+                                           duplicate_of=pid))
             else:
-                self.seen_ids[pid] = i
-                title = clean_title(row["title_raw"] if isinstance(row["title_raw"], str) else "", self.rules)
-                if not title:
-                    out.append(self._rejection(i, row, "empty_title", f"title {row['title_raw']!r} is empty after "
-                                                                      "cleaning (clean.title rules)"))
+                self.seen_ids[pid] = self._where(i, row)
+                raw_title = row["title_raw"] if isinstance(row["title_raw"], str) else ""
+                if not raw_title.strip():
+                    out.append(self._rejection(i, row, "missing_title", f"product {pid!r} has no title; give it one "
+                                                                        "in the source (the column mapped to title_raw)"))
+                elif not (title := clean_title(raw_title, self.rules)):
+                    out.append(self._rejection(i, row, "empty_title", f"product {pid!r}: nothing is left of title "
+                                                                      f"{raw_title!r} after the clean.title rules; give "
+                                                                      "it a descriptive title or loosen clean.title"))
                 else:
                     row["title"] = title
                     pending.append((i, image_name(pid, self.images.format)))
@@ -172,8 +182,9 @@ class Cleaner:
                 (self.out_dir / "images" / name).unlink()
                 what = "the same image file bytes" if duplicate.kind == "exact" else "a near-identical picture"
                 out.append(self._rejection(i, row, f"duplicate_image_{duplicate.kind}",
-                                           f"{what} as product {duplicate.of!r} (clean.dedupe.{duplicate.kind})",
-                                           duplicate_of=duplicate.of))
+                                           f"{what} as product {duplicate.of!r} at {self.seen_ids[duplicate.of]}, "
+                                           f"which is kept (clean.dedupe.{duplicate.kind}: reject; group or keep "
+                                           "keeps both)", duplicate_of=duplicate.of))
                 continue
             if duplicate:  # group
                 self.dedupe.merge(row["group_id"], duplicate)
@@ -187,12 +198,14 @@ class Cleaner:
         bar.update(len(chunk.rows))
 
     def _finish_row(self, row: dict, name: str, duplicate_of: str | None) -> dict:
+        """The kept row as written: every text field through clean_text (the title went through
+        clean_title), captions assembled from the cleaned fields."""
         out = dict(row)
-        description = clean_text(row["description"]) if isinstance(row["description"], str) else None
-        out.update(image_path=f"images/{name}", description=description or None, duplicate_of=duplicate_of,
-                   captions=assemble_captions(row["title"], row["captions"] or [], description,
+        out.update({c: clean_text(row[c]) or None for c in TEXT_FIELDS if isinstance(row[c], str)})
+        out.update(image_path=f"images/{name}", duplicate_of=duplicate_of,
+                   captions=assemble_captions(row["title"], row["captions"] or [], out["description"],
                                               self.templates.render(out)),
-                   query=row["query"] if isinstance(row["query"], str) and row["query"] else row["title"].lower())
+                   query=out["query"] or row["title"].lower())
         self.score.add(out)  # where the source has ground truth (the demo catalog)
         return out
 

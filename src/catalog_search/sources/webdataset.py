@@ -56,7 +56,7 @@ def _row(sample: dict, images: ImageWriter) -> dict:
         try:
             meta = json.loads(sample["json"])
         except ValueError:
-            meta = {}  # a broken json leaves the sample without text: clean rejects it as empty_title
+            meta = {}  # a broken json leaves the sample without text: clean rejects it as missing_title
         meta = meta if isinstance(meta, dict) else {}
     captions = meta.get("captions") or [meta[k] for k in ("caption", "text") if meta.get(k)]
     captions = [str(c) for c in (captions if isinstance(captions, list) else [captions])]

@@ -1,4 +1,5 @@
-"""The Catalog table: one row per product image, the data contract between stages (DESIGN.md).
+"""The Catalog table: one row per product image, the data contract between stages
+(README: "Your own catalog").
 
 Readers produce it, clean refines it, shard splits it. Rows that cannot be used are never
 dropped silently: they go to a `rejected` table with a reason code and a human message.

@@ -10,7 +10,6 @@ approximate, for catalogs where exact search is too slow (bench/search_index.py 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import pandas as pd
 
 from catalog_search.catalog import ATTRIBUTES
 from catalog_search.evaluation import normalise
-from catalog_search.io import atomic_path, write_json
+from catalog_search.io import atomic_path, file_sha256, write_json
 
 INDEX_KINDS = ["flat", "hnsw", "ivf"]
 
@@ -31,11 +30,8 @@ class IndexMismatch(RuntimeError):
 
 
 def file_fingerprint(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
+    """A short content id of a model file: which weights an index or ONNX export was built from."""
+    return file_sha256(path)[:16]
 
 
 def build_index(vectors: np.ndarray, kind: str = "flat", hnsw_m: int = 32, ef_construction: int = 200,

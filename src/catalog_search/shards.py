@@ -1,7 +1,6 @@
 """Splits (group-aware, stratified where it can) and WebDataset shards with a manifest."""
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from pathlib import Path
@@ -13,7 +12,7 @@ from PIL import Image
 
 from catalog_search import catalog
 from catalog_search.catalog import ATTRIBUTES, CatalogError
-from catalog_search.io import write_json
+from catalog_search.io import file_sha256, write_json
 from catalog_search.tars import ShardWriter, is_url, read_samples
 
 SPLITS = ["train", "val", "test", "mini_train"]
@@ -61,14 +60,6 @@ def sample_record(row: dict, image_bytes: bytes) -> dict:
     return {"__key__": Path(row["image_path"]).stem, ext: image_bytes, "json": json.dumps(meta).encode()}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def write_shards(df: pd.DataFrame, catalog_path: Path, out_dir: Path, samples_per_shard: int) -> dict:
     """Write `<split>-NNNNNN.tar` per split (plus mini_train) and return the manifest."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -79,7 +70,7 @@ def write_shards(df: pd.DataFrame, catalog_path: Path, out_dir: Path, samples_pe
             for row in part.to_dict("records"):  # plain dicts: a pandas Series per row costs more than the write
                 sink.write(sample_record(row, catalog.resolve_image(catalog_path, row["image_path"]).read_bytes()))
         # read every shard back: the manifest records what a reader gets, not what we meant to write
-        written = [(Path(f).name, sum(1 for _ in read_samples(Path(f))), _sha256(Path(f))) for f in sink.written]
+        written = [(Path(f).name, sum(1 for _ in read_samples(Path(f))), file_sha256(f)) for f in sink.written]
         manifest["splits"][split] = {
             "samples": len(part),
             "groups": int(part["group_id"].nunique()),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import tarfile
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 
 from catalog_search.catalog import CatalogError
 
@@ -104,10 +104,3 @@ class ShardWriter:
     def __exit__(self, *exc) -> None:
         self.close()
 
-
-def write_all(samples: Iterable[dict], pattern: str, maxcount: int) -> list[str]:
-    """Write every sample; returns the shard paths in order."""
-    with ShardWriter(pattern, maxcount) as sink:
-        for sample in samples:
-            sink.write(sample)
-    return sink.written

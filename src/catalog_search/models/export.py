@@ -9,7 +9,6 @@ models/<scenario>/
 """
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -50,6 +49,3 @@ def save_model(out_dir: Path, bundle: ModelBundle, wrapper: LoraModel | None, ca
                 shutil.copy(Path(bundle.tokenizer_dir) / name, merged / name)
     write_json(out_dir / "model_card.json", card)
 
-
-def read_card(model_dir: Path) -> dict:
-    return json.loads((Path(model_dir) / "model_card.json").read_text())

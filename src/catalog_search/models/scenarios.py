@@ -1,4 +1,4 @@
-"""The fine-tuning scenarios (DESIGN.md table): per tower frozen, LoRA or fully trained.
+"""The fine-tuning scenarios (README, "The stage graph": the scenarios table): per tower frozen, LoRA or fully trained.
 
 Kept free of torch/peft imports so params can be validated before any stage does work.
 """

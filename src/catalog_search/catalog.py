@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
+from catalog_search.errors import UserError
 from catalog_search.io import atomic_path
 
 ATTRIBUTES = [
@@ -27,7 +28,7 @@ REJECTED_SCHEMA = pa.schema([
 ])
 
 
-class CatalogError(ValueError):
+class CatalogError(UserError, ValueError):
     """The catalog cannot be used as given; the message names the file, row and fix."""
 
 

@@ -11,8 +11,10 @@ from typing import Any, Iterable
 
 import yaml
 
+from catalog_search.errors import UserError
 
-class ParamsError(ValueError):
+
+class ParamsError(UserError, ValueError):
     """A params.yaml value is invalid; the message names the key and the valid values."""
 
 

@@ -2,23 +2,23 @@
 the train split -> models/vlm/, metrics/train_vlm.json."""
 from pathlib import Path
 
-from dvclive import Live
-
-from catalog_search.attributes.labels import LabelSet
-from catalog_search.checks import validate
-from catalog_search.io import write_json
-from catalog_search.models.encode import pick_device
-from catalog_search.params import load_params
-from catalog_search.training.data import load_split
-from catalog_search.vlm.language import cache_dir
-from catalog_search.vlm.model import save_vlm
-from catalog_search.vlm.train import build, fit, image_inputs
+from catalog_search.config import start
 
 SAVED = ("language", "layers", "backbone", "image_size", "prompt", "seed")
 
 if __name__ == "__main__":
-    params = load_params()
-    validate(params)
+    params = start().model_dump()
+
+    from dvclive import Live
+
+    from catalog_search.attributes.labels import LabelSet
+    from catalog_search.io import write_json
+    from catalog_search.models.encode import pick_device
+    from catalog_search.training.data import load_split
+    from catalog_search.vlm.language import cache_dir
+    from catalog_search.vlm.model import save_vlm
+    from catalog_search.vlm.train import build, fit, image_inputs
+
     p, device = params["vlm"], pick_device()
     rows = load_split(Path("data/shards"), "train")
     labels = LabelSet.fit(rows, {a: [] for a in p["attributes"]}, p["min_count"], "none")

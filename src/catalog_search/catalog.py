@@ -10,13 +10,10 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
+from catalog_search.attributes import ATTRIBUTES
 from catalog_search.errors import UserError
 from catalog_search.io import atomic_path
 
-ATTRIBUTES = [
-    "category", "subcategory", "article_type", "color", "pattern",
-    "material", "style", "gender", "usage", "season",
-]
 TEXT_COLUMNS = ["title_raw", "title", "description", "query"]
 COLUMNS = ["product_id", "image_path", *TEXT_COLUMNS, "captions", *ATTRIBUTES, "group_id", "split"]
 REQUIRED = ["product_id", "image_path", "title_raw"]

@@ -8,4 +8,9 @@ train.py      masked multi-head loss and the training loop
 evaluate.py   accuracy, macro-F1, hierarchy consistency, and per-product predictions for search
 """
 
+# the attributes a catalog row may carry (catalog.py's columns); here, free of pandas, for params checks
+ATTRIBUTES = [
+    "category", "subcategory", "article_type", "color", "pattern",
+    "material", "style", "gender", "usage", "season",
+]
 MODES = ["lora", "frozen", "full"]  # what trains besides the heads: LoRA, nothing, or the whole backbone

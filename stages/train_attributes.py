@@ -4,7 +4,7 @@ from pathlib import Path
 from catalog_search.config import start
 
 SHARDS = Path("data/shards")
-SAVED = ("backbone", "image_size", "heads", "hierarchy", "head_hidden", "mode", "lora")
+SAVED = ("backbone", "image_size", "heads", "hierarchy", "head_hidden", "head_dropout", "mode", "lora")
 
 if __name__ == "__main__":
     params = start().model_dump()

@@ -98,6 +98,7 @@ def test_first_stage_refuses_bad_params_before_any_work(tmp_path, params):
     (("pretrain", "val_fraction"), 1.0, "pretrain.val_fraction=1.0 must be > 0 and < 1"),
     (("pretrain", "train", "lr"), -1, "pretrain.train.lr=-1 must be > 0"),
     (("train", "defaults", "lr"), -1, "train.defaults.lr=-1 must be > 0"),
+    (("train", "defaults", "betas"), [0.9, 1.0], "train.defaults.betas[1]=1.0 must be >= 0 and < 1"),
     (("train", "dual_lora", "lora"), {"r": 0}, "train.dual_lora.lora.r=0 must be a positive integer"),
     (("wise_ft", "alphas"), [0.5], "wise_ft.alphas=[0.5]: List should have at least 2 items"),
     (("embed", "index", "kind"), "annoy", "embed.index.kind='annoy' is not valid; choose one of ['flat', 'hnsw', 'ivf']"),
@@ -105,6 +106,7 @@ def test_first_stage_refuses_bad_params_before_any_work(tmp_path, params):
     (("report", "gallery_queries"), True, "report.gallery_queries=True must be a positive integer"),
     (("serve", "port"), 70000, "serve.port=70000 must be an integer 0..65535"),
     (("text_embedder", "temperature"), 0, "text_embedder.temperature=0 must be > 0"),
+    (("attributes", "head_dropout"), 1.0, "attributes.head_dropout=1.0 must be >= 0 and < 1"),
     (("vlm", "quantize"), "int4", "vlm.quantize='int4' is not valid; choose one of ['int8']"),
 ])
 def test_each_section_names_the_key_of_a_bad_type_or_range(params, path, value, line):

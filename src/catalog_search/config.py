@@ -247,6 +247,8 @@ class TrainConfig(Section):
     batch_size: Positive
     lr: Rate
     weight_decay: Annotated[float, Field(ge=0)]
+    betas: list[Annotated[float, Field(ge=0, lt=1)]] = Field(min_length=2, max_length=2)
+    eps: Rate
     warmup_fraction: Fraction
     grad_clip: Annotated[float, Field(ge=0)]
     seed: Seed
@@ -430,6 +432,7 @@ class AttributesParams(Section):
     heads: dict[Attribute, list[Attribute]] = Field(min_length=1)  # head: the heads it conditions on
     hierarchy: bool
     head_hidden: Count
+    head_dropout: Annotated[float, Field(ge=0, lt=1)]
     loss_weights: dict[str, Annotated[float, Field(ge=0)]]
     min_count: Count
     class_weights: Literal[tuple(CLASS_WEIGHTS)]

@@ -11,8 +11,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from catalog_search import catalog
-from catalog_search.params import load_params
+from catalog_search.config import load_config
 from catalog_search.sources import ingest
+
+PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
 WORDS = "red blue black white green dress shirt coat sofa chair lamp striped floral plain wool cotton".split()
 
@@ -38,11 +40,13 @@ def raw_catalog(folder: Path, images: list[Path], out: Path) -> Path:
     titles = [" ".join(rng.choice(WORDS, 4)).title() + f" - SKU {i}" for i in range(len(images))]
     pd.DataFrame({"id": [f"p{i}" for i in range(len(images))], "image": [str(p) for p in images],
                   "title": titles}).to_csv(folder / "catalog.csv", index=False)
-    params = {"source": "table", "path": str(folder),
-              "table": {"file": "catalog.csv", "columns": {"product_id": "id", "image_path": "image", "title_raw": "title"}}}
-    catalog.save(ingest(params, out), out / "catalog.parquet")
+    data = load_config(PARAMS).data.model_dump()
+    data.update(source="table", path=str(folder))
+    data["table"].update(file="catalog.csv", columns={"product_id": "id", "image_path": "image", "title_raw": "title"})
+    catalog.save(ingest(data, out), out / "catalog.parquet")
     return out / "catalog.parquet"
 
 
 def clean_params() -> dict:
-    return load_params(Path(__file__).resolve().parents[1] / "params.yaml")["clean"]
+    """params.yaml's clean section, as the clean stage reads it."""
+    return load_config(PARAMS).clean.model_dump()

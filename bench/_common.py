@@ -11,19 +11,22 @@ from __future__ import annotations
 import argparse
 import io
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from catalog_search.config import TrainConfig, load_config
 from catalog_search.core.device import pick_device
 from catalog_search.models.lora import apply_scenario
 from catalog_search.models.registry import ModelBundle, create_model
 from catalog_search.models.scenarios import SCENARIOS
+from catalog_search.params import deep_merge
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 WORDS = "red blue black white green dress shirt coat sofa chair lamp striped floral plain wool cotton".split()
-LORA = {"r": 8, "alpha": 16, "dropout": 0.05, "image_last_blocks": None, "text_last_blocks": None}
+PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
 
 def parser(doc: str) -> argparse.ArgumentParser:
@@ -52,15 +55,16 @@ def build(args, scenario: str, loss: str = "infonce") -> tuple[ModelBundle, torc
     device = pick_device()
     torch.manual_seed(0)
     bundle = create_model(args.model, args.pretrained, image_size=args.image_size, loss=loss, device=device)
-    apply_scenario(bundle.model, SCENARIOS[scenario], {**LORA, "dropout": args.lora_dropout})
+    apply_scenario(bundle.model, SCENARIOS[scenario], {**train_cfg()["lora"], "dropout": args.lora_dropout})
     bundle.model.to(device)
     return bundle, device
 
 
 def train_cfg(**overrides) -> dict:
-    cfg = {"loss": "infonce", "epochs": 1, "batch_size": 32, "micro_batch_size": None, "lr": 1e-4,
-           "weight_decay": 0.1, "warmup_fraction": 0.0, "grad_clip": 1.0, "seed": 0, "max_steps": None,
-           "eval_every": 0, "early_stopping": {"metric": "text_to_image_R@10", "patience": 0, "min_delta": 0.0},
-           "checkpoint_every": 10**9, "precision": "auto", "feature_cache": True, "workers": 0, "nproc": 1,
-           "positives": "pair", "hard_negatives": {"share": 0.0, "ranks": [10, 100], "cluster": 4}, "lora": LORA}
-    return {**cfg, **overrides}
+    """params.yaml's train.defaults with the benches' settings (one epoch of batch 32 at a fixed lr,
+    LoRA in every block, no checkpoints) and `overrides`, checked by the model train@ uses."""
+    defaults = load_config(PARAMS).train.defaults.model_dump()
+    bench = {"epochs": 1, "batch_size": 32, "lr": 1e-4, "warmup_fraction": 0.0, "checkpoint_every": 10**9,
+             "max_steps": None, "eval_every": 0, "hard_negatives": {"share": 0.0},
+             "lora": {"image_last_blocks": None, "text_last_blocks": None}}
+    return TrainConfig.model_validate(deep_merge(deep_merge(defaults, bench), overrides)).model_dump()

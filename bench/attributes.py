@@ -37,11 +37,11 @@ def one_variant(overrides: dict) -> dict:
 
     from catalog_search.attributes.evaluate import attribute_metrics
     from catalog_search.attributes.train import predict_probs, train_classifier
-    from catalog_search.core.device import pick_device
-    from catalog_search.params import load_params
+    from catalog_search.config import AttributesParams, load_config
     from catalog_search.core.data import load_split
+    from catalog_search.core.device import pick_device
 
-    cfg = {**load_params()["attributes"], **overrides}
+    cfg = AttributesParams.model_validate({**load_config().attributes.model_dump(), **overrides}).model_dump()
     shards = Path("data/shards")
     train, val, test = (load_split(shards, s) for s in ("train", "val", "test"))
     device = pick_device()

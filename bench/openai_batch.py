@@ -8,7 +8,6 @@ what a re-run costs once everything is answered (no request may go out). Prints 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import random
@@ -19,7 +18,7 @@ from pathlib import Path
 
 from catalog_search import catalog
 from catalog_search.cleaning.openai_batch.workflow import BatchCleaning
-from catalog_search.params import load_params
+from catalog_search.config import load_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from fake_openai import FakeOpenAI  # noqa: E402
@@ -42,7 +41,7 @@ def main() -> None:
     for title in random.Random(0).sample(list(raw["title_raw"]), int(args.faults * len(raw))):
         fake.answer_faults[title] = ["malformed"]
     work = Path(tempfile.mkdtemp(prefix="bench-openai-batch-"))
-    cfg = copy.deepcopy(load_params()["clean"])
+    cfg = load_config().clean.model_dump()
     cfg["openai_batch"].update(base_url=fake.base_url, state_dir=str(work / "state"), poll_seconds=0.05,
                                max_poll_seconds=0.2)
     job = BatchCleaning(args.raw, work / "clean", cfg)

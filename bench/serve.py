@@ -59,9 +59,10 @@ SCENARIO = "dual_lora"
 K = 10
 SERVER = """
 from pathlib import Path
+from catalog_search.config import load_config
 from catalog_search.serving.app import serve
-from catalog_search.serving.config import ServeParams
-serve(Path({root!r}), ServeParams(scenarios=[{scenario!r}], encoder={encoder!r}, port={port}), None, Path("votes.sqlite"))
+cfg = load_config({params!r}).serve.model_copy(update=dict(scenarios=[{scenario!r}], encoder={encoder!r}, port={port}))
+serve(Path({root!r}), cfg, None, Path("votes.sqlite"))
 """
 
 
@@ -103,10 +104,10 @@ def prepare_demo(tmp: Path, batch_size: int) -> tuple[Path, dict]:
 
 def prepare_large(tmp: Path, demo: Path, n: int, kinds: list[str]) -> tuple[dict[str, Path], dict]:
     """One root per index kind over the same N synthetic products (vectors and table written once, linked)."""
+    from catalog_search.config import load_config
     from catalog_search.evaluation import normalise
     from catalog_search.index import build_index
     from catalog_search.io import write_json
-    from catalog_search.serving.config import IndexParams
 
     served = demo / "data/serving" / SCENARIO
     base = np.load(served / "images.npy")
@@ -140,7 +141,7 @@ def prepare_large(tmp: Path, demo: Path, n: int, kinds: list[str]) -> tuple[dict
         out.mkdir(parents=True)
         for name in ("images.npy", "items.parquet"):
             (out / name).symlink_to(shared / name)
-        defaults = IndexParams()  # params.yaml's serve.index defaults, FAISS's keys only
+        defaults = load_config(REPO / "params.yaml").serve.index  # FAISS's keys only
         params = {"kind": kind, **({} if kind == "flat" else {key: getattr(defaults, key) for key in
                                                             ("hnsw_m", "ef_construction", "ef_search")})}
         start = time.perf_counter()
@@ -251,7 +252,7 @@ def run_server(root: Path, encoder: str, workdir: Path, args, queries: list[str]
     url = f"http://127.0.0.1:{port}"
     workdir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    code = SERVER.format(root=str(root), scenario=SCENARIO, encoder=encoder, port=port)
+    code = SERVER.format(params=str(REPO / "params.yaml"), root=str(root), scenario=SCENARIO, encoder=encoder, port=port)
     logfile = workdir / "server.log"
     text, image = text_request(queries), image_request(photos) if photos else None
     with open(logfile, "wb") as out:

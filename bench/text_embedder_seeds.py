@@ -9,8 +9,8 @@ import json
 from pathlib import Path
 from statistics import mean
 
+from catalog_search.config import TextEmbedderParams, load_config
 from catalog_search.core.data import load_split
-from catalog_search.params import load_params
 from catalog_search.text_embedder import load_model
 from catalog_search.text_embedder.train import evaluate, train
 
@@ -19,8 +19,8 @@ if __name__ == "__main__":
     parser.add_argument("--lr", type=float)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
-    p = load_params()["text_embedder"]
-    p["lr"] = args.lr or p["lr"]
+    p = load_config().text_embedder
+    p = TextEmbedderParams.model_validate({**p.model_dump(), "lr": args.lr or p.lr}).model_dump()
     train_split, test = load_split(Path("data/shards"), "train"), load_split(Path("data/shards"), "test")
     base = evaluate(load_model(p["base"], max_length=p["max_length"]), test)
     tuned = {}

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from peft import PeftModel
 
+from catalog_search.config import load_config
 from catalog_search.core.data import load_split
-from catalog_search.params import load_params
 from catalog_search.text_embedder import load_model
 
 
@@ -23,7 +23,7 @@ def texts_per_second(model, texts: list[str]) -> float:
 
 
 if __name__ == "__main__":
-    p = load_params()["text_embedder"]
+    p = load_config().text_embedder.model_dump()
     texts = [s["description"] for s in load_split(Path("data/shards"), "test")]
     base = load_model(p["base"], max_length=p["max_length"])
     tuned = load_model(p["base"], max_length=p["max_length"])

@@ -26,16 +26,18 @@ from catalog_search.training.data import trim_padding
 from catalog_search.training.trainer import train
 
 
-def bare_loop(model, tokenizer, texts, args, device, trim: bool) -> float:
-    """Samples/s of open_clip's inner loop on tensors already in memory; `trim`: the pipeline's
-    tokens (BERT padding columns dropped) instead of open_clip's padding to context_length."""
+def bare_loop(model, tokenizer, texts, args, cfg: dict, device, trim: bool) -> float:
+    """Samples/s of open_clip's inner loop on tensors already in memory, with the pipeline's optimizer
+    settings (`cfg`); `trim`: the pipeline's tokens (BERT padding columns dropped) instead of
+    open_clip's padding to context_length."""
     model.train()
     images = torch.randn(args.batch, 3, args.image_size, args.image_size, device=device)
     tokens = tokenizer(texts[: args.batch])
     pad = getattr(getattr(tokenizer, "tokenizer", None), "pad_token_id", None)
     tokens = (trim_padding(tokens, pad) if trim and pad is not None else tokens).to(device)
     loss_fn = ClipLoss()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg["lr"], betas=tuple(cfg["betas"]),
+                            eps=cfg["eps"])
     for i in range(args.steps + 1):
         if i == 1:  # the first step is warm-up, as in the pipeline's own measure
             if device.type == "cuda":
@@ -46,7 +48,7 @@ def bare_loop(model, tokenizer, texts, args, device, trim: bool) -> float:
             loss = loss_fn(img, txt, scale)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
         opt.step()
         loss.item()
     return args.steps * args.batch / (time.perf_counter() - start)
@@ -71,7 +73,7 @@ if __name__ == "__main__":
         runs["pipeline"].append(train(bundle, SCENARIOS["full"], data, val, cfg, device)["samples_per_second"])
         for key, trim in (("bare", True), ("bare_open_clip_padding", False)):
             bundle.model.load_state_dict(initial)
-            runs[key].append(bare_loop(bundle.model, bundle.tokenizer, texts, args, device, trim))
+            runs[key].append(bare_loop(bundle.model, bundle.tokenizer, texts, args, cfg, device, trim))
     best = {k: round(max(v), 1) for k, v in runs.items()}
     print(json.dumps({"model": args.model, "device": str(device), "precision": args.precision, "batch": args.batch,
                       "image_size": args.image_size, "samples_per_s": best,

@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 import yaml
 
+from catalog_search.config import VlmParams, load_config
 from catalog_search.core.data import load_split
 from catalog_search.core.labels import LabelSet
-from catalog_search.params import load_params
 from catalog_search.vlm.build import build
 from catalog_search.vlm.extract import extract, vlm_metrics
 from catalog_search.vlm.language import cache_dir
@@ -28,7 +28,7 @@ def main() -> None:
     ap.add_argument("--variant", action="append", default=[], help="base, or key=yaml overrides joined by ','")
     ap.add_argument("--test-rows", type=int, default=128)
     args = ap.parse_args()
-    p, device = load_params()["vlm"], torch.device("cpu")
+    p, device = load_config().vlm.model_dump(), torch.device("cpu")
     train = load_split(Path("data/shards"), "train")
     test = load_split(Path("data/shards"), "test")[: args.test_rows]
     labels = LabelSet.fit(train, {a: [] for a in p["attributes"]}, p["min_count"], "none")
@@ -36,7 +36,7 @@ def main() -> None:
     for variant in args.variant or ["base"]:
         overrides = {} if variant == "base" else dict(
             (k, yaml.safe_load(v)) for k, v in (item.split("=", 1) for item in variant.split(",")))
-        cfg = {**p, **overrides}
+        cfg = VlmParams.model_validate({**p, **overrides}).model_dump()
         features = image_inputs(cfg, [r["image"] for r in train + test], cfg["extract_batch"], device)
         torch.manual_seed(cfg["seed"])
         model, template, tokenizer = build(cfg, labels, features.shape[1], cache_dir(cfg["cache_dir"]))

@@ -7,18 +7,18 @@ import shutil
 import sys
 from pathlib import Path
 
-import pandas as pd
-
-from catalog_search.checks import validate
-from catalog_search.cleaning.rules import clean_catalog
-from catalog_search.io import write_json
-from catalog_search.params import load_params
+from catalog_search.config import start
 
 RAW, OUT = Path("data/raw/catalog.parquet"), Path("data/clean")
 
 if __name__ == "__main__":
-    all_params = load_params()
-    validate(all_params)
+    all_params = start().model_dump()
+
+    import pandas as pd
+
+    from catalog_search.cleaning.rules import clean_catalog
+    from catalog_search.io import write_json
+
     cfg = all_params["clean"]
     if cfg["backend"] == "openai_batch":
         from catalog_search.cleaning.openai_batch.workflow import run_step

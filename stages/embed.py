@@ -5,23 +5,25 @@ Loads the merged checkpoint with plain open_clip (`local-dir:`), as a user of th
 import sys
 from pathlib import Path
 
-import numpy as np
-import open_clip
-import pandas as pd
-import torch
-
-from catalog_search.catalog import ATTRIBUTES
-from catalog_search.core.data import load_split
-from catalog_search.core.device import autocast, pick_device
-from catalog_search.evaluation import attribute_queries
-from catalog_search.index import file_fingerprint, product_title, save_embeddings, save_queries
-from catalog_search.models.encode import encode
-from catalog_search.params import load_params
-from catalog_search.training.data import SplitEncoder
+from catalog_search.config import start
 
 if __name__ == "__main__":
     name = sys.argv[1]
-    params = load_params()
+    params = start().model_dump()
+
+    import numpy as np
+    import open_clip
+    import pandas as pd
+    import torch
+
+    from catalog_search.catalog import ATTRIBUTES
+    from catalog_search.core.data import load_split
+    from catalog_search.core.device import autocast, pick_device
+    from catalog_search.evaluation import attribute_queries
+    from catalog_search.index import file_fingerprint, product_title, save_embeddings, save_queries
+    from catalog_search.models.encode import encode
+    from catalog_search.training.data import SplitEncoder
+
     p = params["embed"]
     merged = f"local-dir:models/{name}/merged"
     device = pick_device()

@@ -8,20 +8,22 @@ attribute -> product, and sampled-100 in both directions.
 import sys
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
-from catalog_search.catalog import ATTRIBUTES
-from catalog_search.evaluation import (attribute_queries, bootstrap_ci, caption_positives, mean_ci, precision_at,
-                                       rank_metrics, recall_curve, retrieval_metrics, sampled_ranks, title_positives)
-from catalog_search.evaluation import ranks as rank_of
-from catalog_search.index import load_embeddings
-from catalog_search.io import atomic_path, write_json
-from catalog_search.params import load_params
+from catalog_search.config import start
 
 if __name__ == "__main__":
     name = sys.argv[1]
-    p = load_params()["evaluate"]
+    p = start().evaluate.model_dump()
+
+    import numpy as np
+    import pandas as pd
+
+    from catalog_search.catalog import ATTRIBUTES
+    from catalog_search.evaluation import (attribute_queries, bootstrap_ci, caption_positives, mean_ci, precision_at,
+                                           rank_metrics, recall_curve, retrieval_metrics, sampled_ranks, title_positives)
+    from catalog_search.evaluation import ranks as rank_of
+    from catalog_search.index import load_embeddings
+    from catalog_search.io import atomic_path, write_json
+
     folder = Path("data/embeddings") / name
     images, texts, items, text_rows, info = load_embeddings(folder)
     unique_texts, i2t, t2i = caption_positives(items["captions"].map(list).tolist())

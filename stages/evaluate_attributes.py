@@ -2,16 +2,18 @@
 and the confusion matrix of one attribute for `dvc plots` -> reports/attributes/confusion.json."""
 from pathlib import Path
 
-from catalog_search.attributes.evaluate import attribute_metrics, confusion_rows
-from catalog_search.attributes.model import load_classifier
-from catalog_search.attributes.train import predict_probs
-from catalog_search.core.data import load_split
-from catalog_search.core.device import pick_device
-from catalog_search.io import write_json
-from catalog_search.params import load_params
+from catalog_search.config import start
 
 if __name__ == "__main__":
-    p = load_params()["attributes"]
+    p = start().attributes.model_dump()
+
+    from catalog_search.attributes.evaluate import attribute_metrics, confusion_rows
+    from catalog_search.attributes.model import load_classifier
+    from catalog_search.attributes.train import predict_probs
+    from catalog_search.core.data import load_split
+    from catalog_search.core.device import pick_device
+    from catalog_search.io import write_json
+
     device = pick_device()
     model, labels, _ = load_classifier(Path("models/attributes"))
     test = load_split(Path("data/shards"), "test")

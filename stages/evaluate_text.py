@@ -1,14 +1,16 @@
 """evaluate_text: base (pretrained, zero-shot) vs tuned text embedder on the test split -> metrics/text_embedder.json."""
 from pathlib import Path
 
-from catalog_search.core.data import load_split
-from catalog_search.io import write_json
-from catalog_search.params import load_params
-from catalog_search.text_embedder import load_model
-from catalog_search.text_embedder.train import evaluate
+from catalog_search.config import start
 
 if __name__ == "__main__":
-    p = load_params()["text_embedder"]
+    p = start().text_embedder.model_dump()
+
+    from catalog_search.core.data import load_split
+    from catalog_search.io import write_json
+    from catalog_search.text_embedder import load_model
+    from catalog_search.text_embedder.train import evaluate
+
     test = load_split(Path("data/shards"), "test")
     base = evaluate(load_model(p["base"], max_length=p["max_length"]), test)
     tuned = evaluate(load_model(p["base"], "models/text_embedder", max_length=p["max_length"]), test)

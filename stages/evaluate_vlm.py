@@ -4,17 +4,20 @@ validity before repair and its accuracy (`free`, the float model); the untuned m
 projector: `zero_shot`) and the attribute classifier side by side -> metrics/vlm.json."""
 from pathlib import Path
 
-from catalog_search.core.data import load_split
-from catalog_search.core.device import pick_device
-from catalog_search.io import read_json, write_json
-from catalog_search.params import load_params
-from catalog_search.vlm.build import build, load_vlm
-from catalog_search.vlm.extract import extract, extract_images, vlm_metrics
-from catalog_search.vlm.language import cache_dir
-from catalog_search.vlm.train import image_inputs
+from catalog_search.config import start
 
 if __name__ == "__main__":
-    p, device = load_params()["vlm"], pick_device()
+    p = start().vlm.model_dump()
+
+    from catalog_search.core.data import load_split
+    from catalog_search.core.device import pick_device
+    from catalog_search.io import read_json, write_json
+    from catalog_search.vlm.build import build, load_vlm
+    from catalog_search.vlm.extract import extract, extract_images, vlm_metrics
+    from catalog_search.vlm.language import cache_dir
+    from catalog_search.vlm.train import image_inputs
+
+    device = pick_device()
     model, template, labels, settings, tokenizer = load_vlm(Path("models/vlm"), cache_dir(p["cache_dir"]))
     test = load_split(Path("data/shards"), "test")
     images = [r["image"] for r in test]

@@ -4,18 +4,21 @@ shape predict_attributes writes (search fills from either)."""
 import json
 from pathlib import Path
 
-from catalog_search import catalog
-from catalog_search.core.device import pick_device
-from catalog_search.io import atomic_path
-from catalog_search.params import load_params
-from catalog_search.vlm.build import load_vlm
-from catalog_search.vlm.extract import catalog_records, extract_images, needs_extraction
-from catalog_search.vlm.language import cache_dir
+from catalog_search.config import start
 
 CATALOG = Path("data/clean/catalog.parquet")
 
 if __name__ == "__main__":
-    p, device = load_params()["vlm"], pick_device()
+    p = start().vlm.model_dump()
+
+    from catalog_search import catalog
+    from catalog_search.core.device import pick_device
+    from catalog_search.io import atomic_path
+    from catalog_search.vlm.build import load_vlm
+    from catalog_search.vlm.extract import catalog_records, extract_images, needs_extraction
+    from catalog_search.vlm.language import cache_dir
+
+    device = pick_device()
     model, template, labels, settings, tokenizer = load_vlm(Path("models/vlm"), cache_dir(p["cache_dir"]))
     rows = catalog.load(CATALOG).to_dict("records")
     if p["extract"] == "missing":

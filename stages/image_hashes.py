@@ -7,15 +7,17 @@ sources write {}: their images are ingest's output (data/raw), which DVC hashes 
 """
 from pathlib import Path
 
-from catalog_search.io import write_json
-from catalog_search.params import load_params
+from catalog_search.config import start
 
 OUT = Path("data/image_hashes.json")
 
 if __name__ == "__main__":
-    data = load_params()["data"]
+    data = start().model_dump()["data"]
+
+    from catalog_search.io import write_json
+
     hashes: dict[str, str | None] = {}
-    if data["source"] == "table":  # imported only here: the other sources pay ~0.1 s per repro, not ~0.6 s
+    if data["source"] == "table":  # imported only here: the readers import pandas and h5py
         from catalog_search.sources import table_image_hashes
 
         hashes = table_image_hashes(data)

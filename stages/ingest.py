@@ -2,16 +2,16 @@
 import shutil
 from pathlib import Path
 
-from catalog_search import catalog
-from catalog_search.checks import validate
-from catalog_search.params import load_params
-from catalog_search.sources import ingest
+from catalog_search.config import start
 
 OUT = Path("data/raw")
 
 if __name__ == "__main__":
-    all_params = load_params()
-    validate(all_params)
+    all_params = start().model_dump()
+
+    from catalog_search import catalog
+    from catalog_search.sources import ingest
+
     params = all_params["data"]
     shutil.rmtree(OUT, ignore_errors=True)
     df = ingest(params, OUT)

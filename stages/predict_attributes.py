@@ -3,13 +3,7 @@ data/attributes/predictions.jsonl (gaps filled, marked `predicted`), counts -> m
 import json
 from pathlib import Path
 
-from catalog_search import catalog
-from catalog_search.attributes.evaluate import catalog_predictions, prediction_summary
-from catalog_search.attributes.model import load_classifier
-from catalog_search.attributes.train import predict_probs
-from catalog_search.core.device import pick_device
-from catalog_search.io import atomic_path, write_json
-from catalog_search.params import load_params
+from catalog_search.config import start
 
 CATALOG = Path("data/clean/catalog.parquet")
 
@@ -21,7 +15,15 @@ class ImageFiles(list):
         return Path(super().__getitem__(i)).read_bytes()
 
 if __name__ == "__main__":
-    p = load_params()["attributes"]
+    p = start().attributes.model_dump()
+
+    from catalog_search import catalog
+    from catalog_search.attributes.evaluate import catalog_predictions, prediction_summary
+    from catalog_search.attributes.model import load_classifier
+    from catalog_search.attributes.train import predict_probs
+    from catalog_search.core.device import pick_device
+    from catalog_search.io import atomic_path, write_json
+
     device = pick_device()
     model, labels, _ = load_classifier(Path("models/attributes"))
     rows = catalog.load(CATALOG).to_dict("records")

@@ -6,30 +6,31 @@ with generic captions (catalog_search.training.pretrain). When model.pretrained 
 """
 from pathlib import Path
 
-import pandas as pd
-import torch
-
-from catalog_search.checks import validate
-from catalog_search.core.adapters import trainable_summary
-from catalog_search.core.data import load_split
-from catalog_search.core.device import pick_device
-from catalog_search.io import write_json
-from catalog_search.models.captioner import GenericCaptioner
-from catalog_search.models.export import save_model
-from catalog_search.models.lora import apply_scenario
-from catalog_search.models.registry import create_model
-from catalog_search.models.scenarios import get_scenario
-from catalog_search.params import deep_merge, load_params
-from catalog_search.shards import decode_image
-from catalog_search.training.pretrain import build_corpus, check_templates
-from catalog_search.training.trainer import train
+from catalog_search.config import start
 
 OUT = Path("models/pretrained")
 CHECKPOINT = OUT / "merged" / "open_clip_model.safetensors"
 
 if __name__ == "__main__":
-    params = load_params()
-    validate(params)
+    params = start().model_dump()
+
+    import pandas as pd
+    import torch
+
+    from catalog_search.core.adapters import trainable_summary
+    from catalog_search.core.data import load_split
+    from catalog_search.core.device import pick_device
+    from catalog_search.io import write_json
+    from catalog_search.models.captioner import GenericCaptioner
+    from catalog_search.models.export import save_model
+    from catalog_search.models.lora import apply_scenario
+    from catalog_search.models.registry import create_model
+    from catalog_search.models.scenarios import get_scenario
+    from catalog_search.params import deep_merge
+    from catalog_search.shards import decode_image
+    from catalog_search.training.pretrain import build_corpus
+    from catalog_search.training.trainer import train
+
     p, m = params["pretrain"], params["model"]
     OUT.mkdir(parents=True, exist_ok=True)
     if Path(m["pretrained"]) != CHECKPOINT:
@@ -38,7 +39,6 @@ if __name__ == "__main__":
         write_json("metrics/pretrain.json", {"used": False})
         print(f"pretrain: {note}")
         raise SystemExit(0)
-    check_templates(p["templates"], params["clean"]["captions"]["templates"])
     samples = load_split(Path("data/shards"), "train")  # the train split only: never a val or test photo
     device = pick_device()
     captions = GenericCaptioner(p["caption_size"], device=device)([decode_image(s["image"]) for s in samples])

@@ -6,15 +6,17 @@ import platform
 from datetime import date
 from pathlib import Path
 
-from catalog_search.io import write_json, write_text
-from catalog_search.params import load_params
-from catalog_search.report import gallery, gallery_queries, markdown, plot_recall, summarise, wise_ft_markdown
-from catalog_search.shards import iter_samples
+from catalog_search.config import start
 
 SHARDS = Path("data/shards")
 
 if __name__ == "__main__":
-    params = load_params()
+    params = start().model_dump()
+
+    from catalog_search.io import write_json, write_text
+    from catalog_search.report import gallery, gallery_queries, markdown, plot_recall, summarise, wise_ft_markdown
+    from catalog_search.shards import iter_samples
+
     scenarios, p = params["train"]["scenarios"], params["report"]
     clean = json.loads(Path("metrics/clean.json").read_text())
     manifest = json.loads((SHARDS / "manifest.json").read_text())

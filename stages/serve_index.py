@@ -4,18 +4,16 @@ products whose image bytes are new to data/serving_cache/<scenario> are embedded
 import sys
 from pathlib import Path
 
-from catalog_search.checks import validate
-from catalog_search.params import load_params
-from catalog_search.serving.catalog_index import build_image_index
-from catalog_search.serving.config import serve_params
-from catalog_search.serving.encoders import load_encoder
-from catalog_search.serving.ray_engine import ray_encoder
+from catalog_search.config import start
 
 if __name__ == "__main__":
     name = sys.argv[1]
-    params = load_params()
-    validate(params)
-    p = serve_params(params)
+    p = start().serve
+
+    from catalog_search.serving.catalog_index import build_image_index
+    from catalog_search.serving.encoders import load_encoder
+    from catalog_search.serving.ray_engine import ray_encoder
+
     merged = Path("models") / name / "merged"
     encoder = load_encoder("torch", merged)
     predictions = Path("data/attributes/predictions.jsonl") if p.fill_attributes else None

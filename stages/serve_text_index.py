@@ -3,16 +3,16 @@ data/serving/text_embedder/ (what `catalog-search search --text-embedder` querie
 is encoded at search time). Incremental like serve_index, keyed by the description text."""
 from pathlib import Path
 
-from catalog_search.checks import validate
-from catalog_search.params import load_params
-from catalog_search.serving.catalog_index import build_text_index, folder_fingerprint
-from catalog_search.text_embedder import load_model
+from catalog_search.config import start
 
 MODEL = Path("models/text_embedder")
 
 if __name__ == "__main__":
-    params = load_params()
-    validate(params)
+    params = start().model_dump()
+
+    from catalog_search.serving.catalog_index import build_text_index, folder_fingerprint
+    from catalog_search.text_embedder import load_model
+
     p, t = params["serve"], params["text_embedder"]
     model = load_model(t["base"], MODEL, max_length=t["max_length"])
     counts = build_text_index(

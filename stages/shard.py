@@ -2,16 +2,16 @@
 import shutil
 from pathlib import Path
 
-from catalog_search import catalog
-from catalog_search.checks import validate
-from catalog_search.params import load_params
-from catalog_search.shards import assign_splits, save_manifest, write_shards
+from catalog_search.config import start
 
 CLEAN, OUT = Path("data/clean/catalog.parquet"), Path("data/shards")
 
 if __name__ == "__main__":
-    all_params = load_params()
-    validate(all_params)
+    all_params = start().model_dump()
+
+    from catalog_search import catalog
+    from catalog_search.shards import assign_splits, save_manifest, write_shards
+
     p = all_params["shard"]
     df = catalog.load(CLEAN)
     df["split"] = assign_splits(df, p["val_fraction"], p["test_fraction"], p["stratify_by"], p["seed"])

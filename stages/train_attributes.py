@@ -1,22 +1,22 @@
 """train_attributes: the hierarchical attribute classifier on the train split -> models/attributes/."""
 from pathlib import Path
 
-from dvclive import Live
-
-from catalog_search.attributes.model import save_classifier
-from catalog_search.attributes.train import train_classifier
-from catalog_search.checks import validate
-from catalog_search.core.data import load_split
-from catalog_search.core.device import pick_device
-from catalog_search.io import write_json
-from catalog_search.params import load_params
+from catalog_search.config import start
 
 SHARDS = Path("data/shards")
-SAVED = ("backbone", "image_size", "heads", "hierarchy", "head_hidden", "mode", "lora")
+SAVED = ("backbone", "image_size", "heads", "hierarchy", "head_hidden", "head_dropout", "mode", "lora")
 
 if __name__ == "__main__":
-    params = load_params()
-    validate(params)
+    params = start().model_dump()
+
+    from dvclive import Live
+
+    from catalog_search.attributes.model import save_classifier
+    from catalog_search.attributes.train import train_classifier
+    from catalog_search.core.data import load_split
+    from catalog_search.core.device import pick_device
+    from catalog_search.io import write_json
+
     p = params["attributes"]
     with Live("dvclive/attributes", dvcyaml=None, save_dvc_exp=False) as live:
         model, wrapper, labels, record = train_classifier(p, load_split(SHARDS, "train"), load_split(SHARDS, "val"),

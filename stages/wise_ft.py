@@ -10,31 +10,31 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
-import open_clip
-import torch
-from safetensors.torch import save_file
-
-from catalog_search.catalog import ATTRIBUTES
-from catalog_search.checks import validate
-from catalog_search.core.data import load_split
-from catalog_search.core.device import autocast, pick_device
-from catalog_search.evaluation import (attribute_queries, caption_positives, normalise, paired_difference, precision_at,
-                                       ranks, title_positives)
-from catalog_search.index import product_title
-from catalog_search.io import write_json
-from catalog_search.models.captioner import GenericCaptioner
-from catalog_search.models.encode import encode
-from catalog_search.models.wise_ft import WEIGHTS, interpolate, load_pair
-from catalog_search.params import load_params
-from catalog_search.shards import decode_image
-from catalog_search.training.data import SplitEncoder
-from catalog_search.training.pretrain import caption_texts
+from catalog_search.config import start
 
 if __name__ == "__main__":
     name = sys.argv[1]
-    params = load_params()
-    validate(params)
+    params = start().model_dump()
+
+    import numpy as np
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    from catalog_search.catalog import ATTRIBUTES
+    from catalog_search.evaluation import (attribute_queries, caption_positives, normalise, paired_difference, precision_at,
+                                           ranks, title_positives)
+    from catalog_search.core.data import load_split
+    from catalog_search.core.device import autocast, pick_device
+    from catalog_search.index import product_title
+    from catalog_search.io import write_json
+    from catalog_search.models.captioner import GenericCaptioner
+    from catalog_search.models.encode import encode
+    from catalog_search.models.wise_ft import WEIGHTS, interpolate, load_pair
+    from catalog_search.shards import decode_image
+    from catalog_search.training.data import SplitEncoder
+    from catalog_search.training.pretrain import caption_texts
+
     p, e = params["wise_ft"], params["embed"]
     tuned_dir, device = Path("models") / name / "merged", pick_device()
     zero_shot, tuned = load_pair(Path("models/zero_shot/merged"), tuned_dir)

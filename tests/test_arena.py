@@ -13,9 +13,9 @@ import pytest
 from catalog_search import catalog
 from catalog_search.arena import store as store_module
 from catalog_search.arena.store import VoteStore, wilson
+from catalog_search.config import ArenaParams, ServeParams
 from catalog_search.index import save_embeddings
 from catalog_search.serving.app import create_app
-from catalog_search.serving.config import ArenaParams, ServeParams
 from conftest import serving
 
 CHROMIUM = shutil.which("chromium")

@@ -15,7 +15,7 @@ from catalog_search.attributes.model import (AttributeClassifier, load_classifie
                                              set_train_mode)
 from catalog_search.attributes.train import AttributeLoss, predict_probs, train_classifier
 from catalog_search.core.backbones import Backbone, build_backbone
-from catalog_search.core.labels import MISSING, OTHER, LabelSet
+from catalog_search.core.labels import LabelSet, MISSING, OTHER
 from catalog_search.params import ParamsError, load_params
 from conftest import ROOT, assert_frozen_unchanged
 
@@ -85,7 +85,7 @@ def test_heads_see_their_parents_probabilities_only_with_hierarchy_on():
     torch.manual_seed(0)
     x = torch.randn(5, 3, 8, 8)
     for hierarchy in (True, False):
-        model = AttributeClassifier(Pixels(), labels, hidden=0, hierarchy=hierarchy).eval()
+        model = AttributeClassifier(Pixels(), labels, hidden=0, dropout=0.0, hierarchy=hierarchy).eval()
         n_category = len(labels.labels["category"].classes)
         assert model.heads["subcategory"].in_features == 6 + (n_category if hierarchy else 0)
         assert model.heads["color"].in_features == 6
@@ -127,7 +127,7 @@ def test_backbones_take_lora_where_the_towers_table_says_and_every_lora_tensor_l
         assert backbone.mean == (0.4, 0.4, 0.4) and backbone.std == (0.2, 0.2, 0.2)
     labels = LabelSet.fit(ROWS, HEADS, min_count=2, class_weights="balanced")
     torch.manual_seed(0)
-    model = AttributeClassifier(backbone, labels, hidden=16, hierarchy=True)
+    model = AttributeClassifier(backbone, labels, hidden=16, dropout=0.1, hierarchy=True)
     buffers = {n: b.clone() for n, b in model.named_buffers()}
     prepare(model, "lora", {"r": 4, "alpha": 8, "dropout": 0.0, "last_blocks": 1})
     layers = [n for n, m in model.named_modules() if hasattr(m, "lora_A")]
@@ -165,7 +165,7 @@ def trained(demo_shards, tmp_path_factory):
         row["color"] = None  # labels a feed left out
     model, wrapper, labels, record = train_classifier(cfg, train, val, torch.device("cpu"))
     out = tmp_path_factory.mktemp("models") / "attributes"
-    keys = ("backbone", "image_size", "heads", "hierarchy", "head_hidden", "mode", "lora")
+    keys = ("backbone", "image_size", "heads", "hierarchy", "head_hidden", "head_dropout", "mode", "lora")
     save_classifier(out, model, wrapper, labels, {k: cfg[k] for k in keys})
     return model, labels, record, out, test, cfg
 

@@ -16,11 +16,12 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "catalog_search"
-# Imported by (almost) every stage, not followed: `validate` only accepts or refuses params.yaml
-# before any work starts; it writes nothing a stage outputs. It imports the valid choices of every
-# section (readers, dedupe actions, losses, ...); following it would make shard depend on the demo
-# reader and every stage on most of src, re-running everything on any change.
-NOT_FOLLOWED = {"catalog_search.checks"}
+# Imported by every stage, not followed: `config.start` only accepts or refuses params.yaml before any
+# work starts (and `errors` only shapes the message); neither writes anything a stage outputs.
+# config imports the valid choices of every section (losses, scenarios, dedupe actions, ...);
+# following it would make every stage depend on most of src, re-running everything on any change.
+# A stage that reads a value config computes (serve_index: serve's defaults) lists config.py itself.
+NOT_FOLLOWED = {"catalog_search.config", "catalog_search.errors"}
 
 
 def module_file(src: Path, name: str) -> Path | None:

@@ -129,8 +129,8 @@ def test_frozen_feature_cache_equals_full_encoding(demo_shards):
 def test_frozen_prefix_cache_equals_full_encoding_and_trains_the_same_weights(demo_shards):
     """LoRA in the last blocks: the blocks below are cached once and give the full tower's
     embeddings; the loss's gradient reaches the same LoRA tensors with the same values."""
-    from catalog_search.core.towers import find_towers, frozen_prefix
     from catalog_search.core.data import load_split
+    from catalog_search.core.towers import find_towers, frozen_prefix
 
     shards, _ = demo_shards
     bundle = create_model("minilm-efficientnet-lite0", "none", image_size=32)

@@ -285,12 +285,12 @@ def test_search_filters_image_queries_and_model_mismatch(repo):
 def test_arena_typed_query_uses_both_trained_models(repo, tmp_path):
     import httpx
 
+    from catalog_search.config import load_config
     from catalog_search.serving.app import create_app
-    from catalog_search.serving.config import serve_params
     from conftest import serving
 
     root, _ = repo
-    cfg = serve_params(yaml.safe_load((root / "params.yaml").read_text()))
+    cfg = load_config(root / "params.yaml").serve
     cfg.arena.k = 5
     app = create_app(root, cfg, arena=("zero_shot", "dual_lora"), votes=tmp_path / "votes.sqlite")
     with serving(app) as url, httpx.Client(base_url=url, timeout=120) as client:

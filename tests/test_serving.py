@@ -18,11 +18,11 @@ import pytest
 from PIL import Image
 
 from catalog_search import catalog
+from catalog_search.config import ServeParams
 from catalog_search.index import ProductIndex
 from catalog_search.serving import encoders
 from catalog_search.serving.app import create_app
 from catalog_search.serving.catalog_index import build_image_index
-from catalog_search.serving.config import ServeParams
 from conftest import serving
 
 CHROMIUM = shutil.which("chromium")

@@ -10,6 +10,7 @@ from catalog_search.core.data import load_split
 from catalog_search.core.packaged import minilm_path
 from catalog_search.text_embedder import load_model, retrieval_task, training_pairs
 from catalog_search.text_embedder.train import evaluate, save, train
+from conftest import ROOT
 
 CFG = {"lora": {"r": 4, "alpha": 8, "dropout": 0.0, "targets": ["query", "value"]}, "temperature": 0.05, "epochs": 1,
        "batch_size": 8, "lr": 1e-3, "warmup_fraction": 0.05, "grad_clip": 1.0, "weight_decay": 0.0, "log_every": 5}
@@ -79,7 +80,9 @@ def test_search_command_ranks_descriptions(tiny_bert, demo_shards, tmp_path, mon
     train(model, load_split(shards, "train"), CFG, seed=0)
     save(model, tmp_path / "models" / "text_embedder")
     catalog.save(kept, tmp_path / "data" / "clean" / "catalog.parquet")
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"text_embedder": {"base": tiny_bert, "max_length": 64}}))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())  # the CLI validates all of it first
+    params["text_embedder"].update(base=tiny_bert, max_length=64)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     monkeypatch.chdir(tmp_path)
     from catalog_search.serving.catalog_index import build_text_index, folder_fingerprint
 

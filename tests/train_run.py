@@ -24,7 +24,7 @@ from catalog_search.models.scenarios import SCENARIOS, scenario_config  # noqa: 
 from catalog_search.params import load_params  # noqa: E402
 from catalog_search.training import distributed  # noqa: E402
 from catalog_search.training.checkpoint import trainable_state  # noqa: E402
-from catalog_search.training.data import load_split  # noqa: E402
+from catalog_search.core.data import load_split  # noqa: E402
 from catalog_search.training.trainer import train  # noqa: E402
 
 SCENARIO = "dual_lora"

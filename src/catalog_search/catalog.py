@@ -11,12 +11,10 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
+from catalog_search.core.constants import ATTRIBUTES
+from catalog_search.errors import UserError
 from catalog_search.io import atomic_path
 
-ATTRIBUTES = [
-    "category", "subcategory", "article_type", "color", "pattern",
-    "material", "style", "gender", "usage", "season",
-]
 TEXT_COLUMNS = ["title_raw", "title", "description", "query"]
 COLUMNS = ["product_id", "image_path", *TEXT_COLUMNS, "captions", *ATTRIBUTES, "group_id", "split"]
 REQUIRED = ["product_id", "image_path", "title_raw"]
@@ -28,7 +26,7 @@ REJECTED_SCHEMA = pa.schema([
 ])
 
 
-class CatalogError(ValueError):
+class CatalogError(UserError, ValueError):
     """The catalog cannot be used as given; the message names the file, row and fix."""
 
 

@@ -15,7 +15,8 @@
     catalog-search run-recipes runs/fashion-product-images.yaml   # its recipes vs the plain one -> results/
     catalog-search run-attributes runs/fashion-product-images.yaml   # classifier and VLM side by side -> results/
 
-Run it in the project folder after `dvc repro`: it reads params.yaml, models/ and data/.
+Run it in the project folder after `dvc repro`: it reads params.yaml (validated whole first, whatever
+the command), models/ and data/.
 """
 from __future__ import annotations
 
@@ -26,27 +27,27 @@ from pathlib import Path
 
 import numpy as np
 
+from catalog_search.config import AttributesParams, Params, ServeParams, TextEmbedderParams, start
 
-def search_text_embedder(query: str, k: int) -> list[dict]:
+
+def search_text_embedder(query: str, k: int, p: TextEmbedderParams) -> list[dict]:
     """Query -> product description search with the tuned text embedder, over the description
     index serve_text_index saved (only the query is encoded here)."""
     from catalog_search.index import ProductIndex
-    from catalog_search.params import load_params
     from catalog_search.serving.catalog_index import folder_fingerprint
     from catalog_search.text_embedder import load_model
 
-    p = load_params()["text_embedder"]
     index = ProductIndex(Path("data/serving/text_embedder"), build_hint="run `dvc repro serve_text_index`")
-    if index.info["model_fingerprint"] != f"{p['base']}+{folder_fingerprint(Path('models/text_embedder'))}":
+    if index.info["model_fingerprint"] != f"{p.base}+{folder_fingerprint(Path('models/text_embedder'))}":
         raise SystemExit("catalog-search: data/serving/text_embedder was built with another text embedder; "
                          "run `dvc repro serve_text_index`")
-    model = load_model(p["base"], "models/text_embedder", max_length=p["max_length"])
+    model = load_model(p.base, "models/text_embedder", max_length=p.max_length)
     hits = index.query(np.asarray(model.encode([query], convert_to_numpy=True), np.float32), k)[0]
     descriptions = index.items.set_index("product_id")["description"]
     return [{**h, "description": descriptions[h["product_id"]]} for h in hits]
 
 
-def image_attributes(paths: list[Path], model_dir: Path) -> list[dict]:
+def image_attributes(paths: list[Path], model_dir: Path, p: AttributesParams) -> list[dict]:
     """The classifier's attributes for each image file, with confidences; `value` is null below
     attributes.min_confidence (or for "other"), as in predict_attributes."""
     from PIL import Image
@@ -55,7 +56,6 @@ def image_attributes(paths: list[Path], model_dir: Path) -> list[dict]:
     from catalog_search.attributes.model import load_classifier
     from catalog_search.attributes.train import predict_probs
     from catalog_search.core.device import pick_device
-    from catalog_search.params import load_params
 
     for path in paths:
         try:
@@ -67,27 +67,22 @@ def image_attributes(paths: list[Path], model_dir: Path) -> list[dict]:
         model, labels, _ = load_classifier(model_dir)
     except FileNotFoundError as e:
         raise SystemExit(f"catalog-search: {e}")
-    p, device = load_params()["attributes"], pick_device()
-    probs = predict_probs(model.to(device), [path.read_bytes() for path in paths], p["batch_size"], device)
-    records = catalog_predictions(labels, [{"product_id": str(path)} for path in paths], probs, p["min_confidence"])
+    device = pick_device()
+    probs = predict_probs(model.to(device), [path.read_bytes() for path in paths], p.batch_size, device)
+    records = catalog_predictions(labels, [{"product_id": str(path)} for path in paths], probs, p.min_confidence)
     return [{"image": r["product_id"], "attributes": r["attributes"]} for r in records]
 
 
-def clean_step(args: argparse.Namespace) -> int:
+def clean_step(args: argparse.Namespace, params: Params) -> int:
     """One step of openai_batch cleaning, on the stage's paths (data/raw -> data/clean)."""
-    from catalog_search.checks import validate
-    from catalog_search.params import load_params
-
-    params = load_params()
-    validate(params)
-    if params["clean"]["backend"] != "openai_batch":
+    if params.clean.backend != "openai_batch":
         raise SystemExit("catalog-search: clean.backend is not openai_batch in params.yaml; set it to run these steps "
                          "(the rules backend has one step: `dvc repro clean`)")
     if args.dry_run and args.step != "prepare":
         raise SystemExit("catalog-search: --dry-run goes with `clean prepare`")
     from catalog_search.cleaning.openai_batch.workflow import run_step
 
-    return run_step(args.step, Path("data/raw/catalog.parquet"), Path("data/clean"), params["clean"],
+    return run_step(args.step, Path("data/raw/catalog.parquet"), Path("data/clean"), params.clean.model_dump(),
                     dry_run=args.dry_run, wait=args.wait)
 
 
@@ -144,8 +139,9 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--dry-run", action="store_true", help="prepare: print requests, tokens and cost; send nothing")
     c.add_argument("--wait", action="store_true", help="monitor: poll with backoff until every batch has finished")
     args = parser.parse_args(argv)
+    params = start()
     if args.command == "clean":
-        sys.exit(clean_step(args))
+        sys.exit(clean_step(args, params))
     if args.command in ("run-catalog", "run-recipes", "run-attributes"):
         if not args.run_file.exists():
             raise SystemExit(f"catalog-search: run file {args.run_file} not found (e.g. runs/fashion-product-images.yaml)")
@@ -163,10 +159,10 @@ def main(argv: list[str] | None = None) -> None:
             run_recipes(args.run_file, train=not args.no_train)
         return
     if args.command == "attributes":
-        for row in image_attributes(args.images, args.model):
+        for row in image_attributes(args.images, args.model, params.attributes):
             print(json.dumps(row))
     elif args.command in ("serve", "arena"):
-        serve_command(args)
+        serve_command(args, params.serve)
     elif args.command == "push-shards":
         from catalog_search.shards import push_shards
 
@@ -197,22 +193,13 @@ def main(argv: list[str] | None = None) -> None:
         write_json(args.out, stats)
         print(f"{args.out}: {stats['votes']} votes")
     else:
-        search(parser, args)
+        search(parser, args, params)
 
 
-def serve_command(args: argparse.Namespace) -> None:
+def serve_command(args: argparse.Namespace, cfg: ServeParams) -> None:
     """`serve` and `arena`: params.yaml's serve section, with the command line's overrides."""
-    from catalog_search.checks import validate
-    from catalog_search.params import ParamsError, load_params
     from catalog_search.serving.app import serve
-    from catalog_search.serving.config import serve_params
 
-    params = load_params()
-    try:
-        validate(params)
-        cfg = serve_params(params)
-    except ParamsError as e:
-        raise SystemExit(f"catalog-search: {e}")
     overrides = {k: getattr(args, k) for k in ("host", "port", "encoder") if getattr(args, k, None) is not None}
     cfg = cfg.model_copy(update=overrides)
     arena = tuple(args.arena) if getattr(args, "arena", None) else (args.a, args.b) if args.command == "arena" else None
@@ -222,7 +209,7 @@ def serve_command(args: argparse.Namespace) -> None:
         raise SystemExit(f"catalog-search: {e}")
 
 
-def search(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+def search(parser: argparse.ArgumentParser, args: argparse.Namespace, params: Params) -> None:
     if (args.query is None) == (args.image is None):
         parser.error("give a text query or --image PATH (one of them)")
     where = {}
@@ -234,14 +221,12 @@ def search(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.text_embedder:
         if args.image or where:
             parser.error("--text-embedder ranks descriptions for a text query; --image/--where need --scenario")
-        results = search_text_embedder(args.query, args.k)
+        results = search_text_embedder(args.query, args.k, params.text_embedder)
     else:
-        from catalog_search.params import load_params
         from catalog_search.search import ScenarioSearch
-        from catalog_search.serving.config import serve_params
 
+        serve = params.serve
         try:
-            serve = serve_params(load_params())
             engine = ScenarioSearch(args.scenario or serve.scenarios[0], attributes_from=args.attributes_from,
                                     qdrant_url=serve.qdrant.url)
             results = (engine.search_image(args.image, args.k, where) if args.image

@@ -19,10 +19,9 @@ import numpy as np
 import pandas as pd
 
 from catalog_search.catalog import ATTRIBUTES
+from catalog_search.config import INDEX_KINDS
 from catalog_search.evaluation import normalise
 from catalog_search.io import atomic_path, file_sha256, write_json
-
-INDEX_KINDS = ["flat", "hnsw", "ivf"]
 
 
 class IndexMismatch(RuntimeError):

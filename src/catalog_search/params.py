@@ -1,7 +1,5 @@
-"""params.yaml access and up-front validation.
-
-Every stage reads its own section; `check_choice` fails before any work starts when a value is
-not one the code knows, listing the valid ones.
+"""params.yaml access. The whole file is validated by config.py's typed models when a stage or
+command starts; `check_choice` guards library functions called with a dict of their own.
 """
 from __future__ import annotations
 
@@ -11,12 +9,15 @@ from typing import Any, Iterable
 
 import yaml
 
+from catalog_search.errors import UserError
 
-class ParamsError(ValueError):
+
+class ParamsError(UserError, ValueError):
     """A params.yaml value is invalid; the message names the key and the valid values."""
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    """The file as YAML, unchecked (config.load_config validates it)."""
     with open(path, encoding="utf-8") as f:
         return yaml.safe_load(f)
 

@@ -25,8 +25,8 @@ from fastapi.responses import FileResponse, HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from catalog_search.arena.store import AlreadyVoted, UnknownRound, VoteStore, WrongSession
+from catalog_search.config import ArenaParams
 from catalog_search.search import ScenarioSearch
-from catalog_search.serving.config import ArenaParams
 from catalog_search.serving.http import RateLimit, strict_json, validation_errors
 
 STATIC = Path(__file__).parent

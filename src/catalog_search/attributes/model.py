@@ -35,20 +35,21 @@ if TYPE_CHECKING:
     from peft import LoraConfig
 
 
-def head(inputs: int, hidden: int, classes: int) -> nn.Module:
+def head(inputs: int, hidden: int, dropout: float, classes: int) -> nn.Module:
     if not hidden:
         return nn.Linear(inputs, classes)
-    return nn.Sequential(nn.Linear(inputs, hidden), nn.GELU(), nn.Dropout(0.1), nn.Linear(hidden, classes))
+    return nn.Sequential(nn.Linear(inputs, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, classes))
 
 
 class AttributeClassifier(nn.Module):
-    def __init__(self, backbone: Backbone, labels: LabelSet, hidden: int, hierarchy: bool):
+    def __init__(self, backbone: Backbone, labels: LabelSet, hidden: int, dropout: float, hierarchy: bool):
         super().__init__()
         self.backbone = backbone
         n = {a: len(e.classes) for a, e in labels.labels.items()}
         self.parents = {a: list(p or []) if hierarchy else [] for a, p in labels.heads.items()}
         dim = backbone.feature_dim()
-        self.heads = nn.ModuleDict({a: head(dim + sum(n[p] for p in ps), hidden, n[a]) for a, ps in self.parents.items()})
+        self.heads = nn.ModuleDict({a: head(dim + sum(n[p] for p in ps), hidden, dropout, n[a])
+                                    for a, ps in self.parents.items()})
 
     def classify(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         """Logits per attribute from backbone features (cached features skip the backbone)."""
@@ -107,7 +108,9 @@ def load_classifier(model_dir: Path, models_root: Path = Path("models")) -> tupl
     config = json.loads((model_dir / "config.json").read_text())
     labels = LabelSet.load(model_dir / "labels.json")
     backbone = build_backbone(config["backbone"], config["image_size"], models_root)
-    model = AttributeClassifier(backbone, labels, config["head_hidden"], config["hierarchy"])
+    # dropout is inert in eval mode; classifiers saved before it was a param lack the key
+    model = AttributeClassifier(backbone, labels, config["head_hidden"], config.get("head_dropout", 0.0),
+                                config["hierarchy"])
     if config["mode"] == "lora":
         LoraModel(model, backbone_lora_config(model.backbone, config["lora"]), ADAPTER)
     missing, unexpected = model.load_state_dict(load_file(model_dir / "trained.safetensors"), strict=False)

@@ -154,7 +154,7 @@ def train_classifier(cfg: dict, train_rows: Sequence[dict], val_rows: Sequence[d
     labels = LabelSet.fit(train_rows, cfg["heads"], cfg["min_count"], cfg["class_weights"])
     torch.manual_seed(cfg["seed"])  # heads and LoRA initialisation
     backbone = build_backbone(cfg["backbone"], cfg["image_size"], models_root)
-    model = AttributeClassifier(backbone, labels, cfg["head_hidden"], cfg["hierarchy"])
+    model = AttributeClassifier(backbone, labels, cfg["head_hidden"], cfg["head_dropout"], cfg["hierarchy"])
     wrapper = prepare(model, cfg["mode"], cfg["lora"])
     record = {**trainable_summary(model, backbone="backbone.", head="heads."), **fit(model, labels, train_rows, val_rows, cfg, device, live)}
     return model, wrapper, labels, record

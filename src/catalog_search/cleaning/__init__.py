@@ -4,3 +4,4 @@ worker processes (images.py, kept free of heavy imports so workers start fast), 
 OpenAI Batch API for a clean title and the attributes the picture shows."""
 
 BACKENDS = ["rules", "openai_batch"]
+ACTIONS = ["reject", "group", "keep"]  # what dedupe does with a duplicate (clean.dedupe.exact / near)

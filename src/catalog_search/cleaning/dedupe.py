@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 import faiss
 import numpy as np
 
-ACTIONS = ["reject", "group", "keep"]
 HASH_BITS = 192
 
 

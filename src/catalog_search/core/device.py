@@ -8,10 +8,8 @@ from typing import Iterator
 import torch
 import torch.nn as nn
 
+from catalog_search.core.constants import PRECISIONS
 from catalog_search.params import ParamsError, check_choice
-
-PRECISIONS = ["auto", "fp32", "bf16", "fp16"]  # auto: bf16 on CUDA, fp32 on CPU
-
 
 def pick_device() -> torch.device:
     """cuda, then mps, then cpu: every stage runs anywhere and uses an accelerator when present."""

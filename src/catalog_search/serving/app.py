@@ -26,10 +26,10 @@ from fastapi.responses import FileResponse, JSONResponse
 from PIL import Image, UnidentifiedImageError
 
 from catalog_search import catalog
+from catalog_search.config import ServeParams
 from catalog_search.index import IndexMismatch
 from catalog_search.search import ScenarioSearch
-from catalog_search.serving.config import ServeParams
-from catalog_search.serving.http import LOOPBACK, Guard, validation_errors
+from catalog_search.serving.http import Guard, LOOPBACK, validation_errors
 
 STATIC = Path(__file__).parent / "static"
 PAGES = {"search.js": "text/javascript", "search.css": "text/css"}

@@ -11,7 +11,7 @@ from urllib.parse import unquote, urlparse
 
 import pandas as pd
 
-from catalog_search.catalog import REQUIRED, CatalogError, row_source
+from catalog_search.catalog import CatalogError, REQUIRED, row_source
 
 
 def read_table(path: Path, columns: dict[str, str], encoding: str = "utf-8", image_root: str | None = None,

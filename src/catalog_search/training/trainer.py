@@ -143,7 +143,8 @@ def train(bundle: ModelBundle, scenario: Scenario, train_samples: list[dict], va
     if steps_per_epoch == 0:
         raise ParamsError(f"train split has {n} images, fewer than train.batch_size={bs}; lower the batch size")
     loss_fn = contrastive_loss(cfg["loss"], world)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg["weight_decay"]), lr=cfg["lr"], betas=(0.9, 0.98), eps=1e-6)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg["weight_decay"]), lr=cfg["lr"], betas=tuple(cfg["betas"]),
+                                  eps=cfg["eps"])
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     scheduler = cosine_lr(optimizer, cfg["lr"], int(cfg["warmup_fraction"] * total), total)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from open_clip_train.scheduler import cosine_lr
 from tqdm import tqdm
 
+from catalog_search.core.adapters import trainable_summary
 from catalog_search.core.backbones import backbone_features, build_backbone
 from catalog_search.core.labels import LabelSet, MISSING, known
 from catalog_search.core.names import parse_name
@@ -116,6 +117,5 @@ def fit(model: AttributeVLM, template: JsonTemplate, labels: LabelSet, rows: Seq
     for p in trainable:
         p.requires_grad_(True)
     record.update(final_loss=record["epochs"][-1]["loss"], train_seconds=round(time.perf_counter() - start, 1),
-                  trainable_params=sum(p.numel() for p in trainable),
-                  total_params=sum(p.numel() for p in model.parameters()))
+                  **trainable_summary(model))
     return record

@@ -625,7 +625,7 @@ def _line(err: dict, model: type[BaseModel], prefix: tuple) -> str:
         return f"params.yaml: {_dotted((*prefix, *loc[:known]))} must be {kinds}"
     if kind == "extra_forbidden":
         known = _schema_at(model, loc[:-1])[0].get("properties", {})
-        return f"params.yaml: {key} is not a known key; known keys: {', '.join(known)}"
+        return f"params.yaml: {key} is not a known key; known keys: {', '.join(sorted(known))}"
     if kind == "missing":
         return f"params.yaml: {key} is missing; add it (every key of a section is required)"
     if kind == "literal_error":

@@ -56,6 +56,18 @@ class LoraParams(Section):
     dropout: Fraction
 
 
+class LoopParams(Section):
+    """The keys every training loop takes, under the same names and meanings (CLIP scenarios,
+    text embedder, attribute classifier, VLM): AdamW, `warmup_fraction` of the steps of warmup."""
+    epochs: Count
+    batch_size: Positive
+    lr: Rate
+    weight_decay: Annotated[float, Field(ge=0)]
+    warmup_fraction: Fraction
+    grad_clip: Annotated[float, Field(ge=0)]
+    seed: Seed
+
+
 # --- data (ingest) -----------------------------------------------------------------------------
 
 class DemoParams(Section):
@@ -239,20 +251,13 @@ class TrainLoraParams(LoraParams):
     text_last_blocks: Positive | None
 
 
-class TrainConfig(Section):
+class TrainConfig(LoopParams):
     """One scenario's training: train.defaults, or them with train.<scenario>'s overrides."""
     loss: Literal[tuple(LOSSES)]
     positives: Literal[tuple(POSITIVES)]
     hard_negatives: HardNegativesParams
-    epochs: Count
-    batch_size: Positive
-    lr: Rate
-    weight_decay: Annotated[float, Field(ge=0)]
     betas: list[Annotated[float, Field(ge=0, lt=1)]] = Field(min_length=2, max_length=2)
     eps: Rate
-    warmup_fraction: Fraction
-    grad_clip: Annotated[float, Field(ge=0)]
-    seed: Seed
     train_split: Literal["train", "mini_train"]
     micro_batch_size: Positive | None
     max_steps: Positive | None
@@ -408,18 +413,13 @@ class TextLoraParams(LoraParams):
     targets: list[Text] = Field(min_length=1)
 
 
-class TextEmbedderParams(Section):
+class TextEmbedderParams(LoopParams):
     base: Text
     max_length: Annotated[int, Field(ge=8)]
     lora: TextLoraParams
     temperature: Rate
-    lr: Rate
     epochs: Positive
     batch_size: Annotated[int, Field(ge=2)]  # in-batch negatives
-    warmup_fraction: Fraction
-    grad_clip: Annotated[float, Field(ge=0)]
-    weight_decay: Annotated[float, Field(ge=0)]
-    seed: Seed
     log_every: Positive
 
 
@@ -427,7 +427,7 @@ class AttributesLoraParams(LoraParams):
     last_blocks: Positive | None
 
 
-class AttributesParams(Section):
+class AttributesParams(LoopParams):
     backbone: Text
     image_size: Annotated[int, Field(ge=16)]
     heads: dict[Attribute, list[Attribute]] = Field(min_length=1)  # head: the heads it conditions on
@@ -439,14 +439,7 @@ class AttributesParams(Section):
     class_weights: Literal[tuple(CLASS_WEIGHTS)]
     mode: Literal[tuple(MODES)]
     lora: AttributesLoraParams
-    epochs: Count
-    batch_size: Positive
-    lr: Rate
-    weight_decay: Annotated[float, Field(ge=0)]
-    warmup_fraction: Fraction
-    grad_clip: Annotated[float, Field(ge=0)]
     augment: bool
-    seed: Seed
     workers: Count
     min_confidence: Fraction
     confusion: str
@@ -474,7 +467,7 @@ class AttributesParams(Section):
         return name
 
 
-class VlmParams(Section):
+class VlmParams(LoopParams):
     language: Text
     layers: Positive | None  # null = all
     backbone: Text
@@ -487,12 +480,6 @@ class VlmParams(Section):
     align_epochs: Count = Field(description="0 = no alignment phase")
     align_lr: Rate
     epochs: Positive
-    batch_size: Positive
-    lr: Rate
-    weight_decay: Annotated[float, Field(ge=0)]
-    warmup_fraction: Fraction
-    grad_clip: Annotated[float, Field(ge=0)]
-    seed: Seed
     extract_batch: Positive
     quantize: Literal["int8"] | None
     extract: Literal["missing", "all"]
@@ -638,7 +625,7 @@ def _line(err: dict, model: type[BaseModel], prefix: tuple) -> str:
         return f"params.yaml: {_dotted((*prefix, *loc[:known]))} must be {kinds}"
     if kind == "extra_forbidden":
         known = _schema_at(model, loc[:-1])[0].get("properties", {})
-        return f"params.yaml: {key} is not a known key; known keys: {', '.join(known)}"
+        return f"params.yaml: {key} is not a known key; known keys: {', '.join(sorted(known))}"
     if kind == "missing":
         return f"params.yaml: {key} is missing; add it (every key of a section is required)"
     if kind == "literal_error":

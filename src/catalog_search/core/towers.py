@@ -136,17 +136,19 @@ def _bert_prefix(text: nn.Module, k: int) -> Prefix | None:
     if getattr(bert, "pooler", None) is not None:  # cls_pooler reads BERT's own pooling layer: not split here
         return None
 
-    def run(tokens: torch.Tensor) -> torch.Tensor:
+    def layers(hidden: torch.Tensor, mask: torch.Tensor, span: slice) -> torch.Tensor:
+        attention = create_bidirectional_mask(config=bert.config, inputs_embeds=hidden, attention_mask=mask)
+        for layer in bert.encoder.layer[span]:
+            hidden = layer(hidden, attention)
+        return hidden
+
+    def run(tokens: torch.Tensor) -> torch.Tensor:  # embeddings and the first k layers only
         mask = (tokens != text.config.pad_token_id).long()
-        hidden = bert(input_ids=tokens, attention_mask=mask, output_hidden_states=True).hidden_states[k]
-        return hidden * mask[..., None]
+        return layers(bert.embeddings(input_ids=tokens), mask, slice(0, k)) * mask[..., None]
 
     def rest(hidden: torch.Tensor) -> torch.Tensor:
         mask = (hidden != 0).any(-1).long()
-        attention = create_bidirectional_mask(config=bert.config, inputs_embeds=hidden, attention_mask=mask)
-        for layer in bert.encoder.layer[k:]:
-            hidden = layer(hidden, attention)
-        return text.pooler(SimpleNamespace(last_hidden_state=hidden), mask)
+        return text.pooler(SimpleNamespace(last_hidden_state=layers(hidden, mask, slice(k, None))), mask)
 
     return Prefix(k, run, rest)
 

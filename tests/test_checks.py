@@ -17,6 +17,16 @@ def params():
     return load_params(ROOT / "params.yaml")
 
 
+def with_value(params: dict, path: tuple, value) -> dict:
+    """A copy of `params` with the key at `path` set to `value`."""
+    bad = copy.deepcopy(params)
+    node = bad
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return bad
+
+
 @pytest.mark.parametrize("path, value, message", [
     (("data", "source"), "s3", r"data.source='s3'.*'demo', 'table'"),
     (("clean", "backend"), "gpt", r"clean.backend='gpt'.*'rules'"),
@@ -56,13 +66,8 @@ def params():
     (("vlm", "decoding"), "beam", r"vlm.decoding='beam'.*'constrained', 'free'"),
 ])
 def test_invalid_choice_lists_valid_values(params, path, value, message):
-    bad = copy.deepcopy(params)
-    node = bad
-    for key in path[:-1]:
-        node = node[key]
-    node[path[-1]] = value
     with pytest.raises(ParamsError, match=message):
-        validate(bad)
+        validate(with_value(params, path, value))
 
 
 def test_unknown_scenario_and_missing_overrides(params):
@@ -110,13 +115,8 @@ def test_first_stage_refuses_bad_params_before_any_work(tmp_path, params):
     (("vlm", "quantize"), "int4", "vlm.quantize='int4' is not valid; choose one of ['int8']"),
 ])
 def test_each_section_names_the_key_of_a_bad_type_or_range(params, path, value, line):
-    bad = copy.deepcopy(params)
-    node = bad
-    for key in path[:-1]:
-        node = node[key]
-    node[path[-1]] = value
     with pytest.raises(ParamsError) as error:
-        validate(bad)
+        validate(with_value(params, path, value))
     assert str(error.value).startswith(f"params.yaml: {line}"), str(error.value)
 
 

@@ -35,7 +35,7 @@ def test_gradient_cache_equals_one_big_batch(demo_shards, scenario, loss, positi
     set_train_mode(bundle.model, SCENARIOS[scenario])
     frozen = {t for t in ("image", "text") if SCENARIOS[scenario].tower_mode(t) == "frozen"}
     enc = SplitEncoder(bundle.model, bundle.preprocess, bundle.tokenizer, load_split(demo_shards[0], "train")[:32],
-                       frozen, CPU, 8)
+                       frozen, CPU, 8, precision="fp32")
     idx = list(range(32))
     captions = enc.sample_captions(idx, np.random.default_rng(0))
     image, text = enc.inputs("image", idx), enc.inputs("text", captions)
@@ -46,7 +46,7 @@ def test_gradient_cache_equals_one_big_batch(demo_shards, scenario, loss, positi
     def step(micro):
         bundle.model.zero_grad(set_to_none=True)
         value = contrastive_step(enc, image, text, partial(contrastive_loss(loss, World()), positives=matrix), logit_args(bundle.model, loss),
-                                 micro, lambda l: l.backward(), lambda: autocast(CPU))
+                                 micro, lambda l: l.backward(), lambda: autocast(CPU, "fp32"))
         return value, {n: p.grad.clone() for n, p in params.items()}
 
     big_loss, big = step(32)

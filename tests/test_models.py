@@ -114,8 +114,9 @@ def test_frozen_feature_cache_equals_full_encoding(demo_shards):
     bundle = create_model("minilm-efficientnet-lite0", "none", image_size=32)
     samples = load_split(shards, "val")[:12]
     device = torch.device("cpu")
-    cached = SplitEncoder(bundle.model, bundle.preprocess, bundle.tokenizer, samples, {"image", "text"}, device, 5)
-    plain = SplitEncoder(bundle.model, bundle.preprocess, bundle.tokenizer, samples, set(), device, 5)
+    cached = SplitEncoder(bundle.model, bundle.preprocess, bundle.tokenizer, samples, {"image", "text"}, device, 5,
+                          precision="fp32")
+    plain = SplitEncoder(bundle.model, bundle.preprocess, bundle.tokenizer, samples, set(), device, 5, precision="fp32")
     for tower in ("image", "text"):
         np.testing.assert_allclose(cached.embed_all(tower), plain.embed_all(tower), atol=2e-5)
     # trimming the padding columns is exact for the mean-pooled BERT tower
@@ -142,8 +143,9 @@ def test_frozen_prefix_cache_equals_full_encoding_and_trains_the_same_weights(de
     assert frozen_prefix(model, towers["text"], None) is None and frozen_prefix(model, towers["text"], 6) is None
     samples = load_split(shards, "val")[:12]
     device = torch.device("cpu")
-    cached = SplitEncoder(model, bundle.preprocess, bundle.tokenizer, samples, set(), device, 5, prefix=prefix)
-    plain = SplitEncoder(model, bundle.preprocess, bundle.tokenizer, samples, set(), device, 5)
+    cached = SplitEncoder(model, bundle.preprocess, bundle.tokenizer, samples, set(), device, 5, prefix=prefix,
+                          precision="fp32")
+    plain = SplitEncoder(model, bundle.preprocess, bundle.tokenizer, samples, set(), device, 5, precision="fp32")
     assert set(cached.cache) == {"image", "text"} and not plain.cache
     for tower in ("image", "text"):
         np.testing.assert_allclose(cached.embed_all(tower), plain.embed_all(tower), atol=2e-5)

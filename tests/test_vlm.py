@@ -23,7 +23,7 @@ ATTRS = ["category", "color", "pattern"]
 def cfg(tmp_path_factory) -> dict:
     return dict(language="tiny", layers=None, backbone="packaged:efficientnet-lite0", image_size=32, seed=0,
                 train_rows=None, prompt="Attributes as JSON:", lora=dict(r=4, alpha=8, dropout=0.0), align_epochs=1,
-                align_lr=0.01, lr=0.01, weight_decay=0.0, epochs=4, batch_size=16, warmup_fraction=0.1, grad_clip=1.0,
+                align_lr=0.01, lr=0.01, weight_decay=0.0, epochs=4, batch_size=16, warmup_fraction=0.1, grad_clip=1.0, precision="auto",
                 cache_dir=None)
 
 

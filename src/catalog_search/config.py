@@ -66,6 +66,7 @@ class LoopParams(Section):
     warmup_fraction: Fraction
     grad_clip: Annotated[float, Field(ge=0)]
     seed: Seed
+    precision: Literal[tuple(PRECISIONS)]
 
 
 # --- data (ingest) -----------------------------------------------------------------------------
@@ -264,7 +265,6 @@ class TrainConfig(LoopParams):
     eval_every: Count
     early_stopping: EarlyStoppingParams
     checkpoint_every: Positive
-    precision: Literal[tuple(PRECISIONS)]
     feature_cache: bool
     workers: Count
     nproc: Positive

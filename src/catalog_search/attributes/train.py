@@ -120,7 +120,7 @@ def fit(model: AttributeClassifier, labels: LabelSet, train_rows: Sequence[dict]
         losses = []
         for x, y in tqdm(batches, desc=f"attributes epoch {epoch + 1}/{cfg['epochs']}", unit="batch"):
             schedule(step)
-            with autocast(device):
+            with autocast(device, cfg["precision"]):
                 logits = model.classify(x.to(device)) if cached else model(x.to(device))
             loss, parts = criterion(logits, y.to(device))
             optimizer.zero_grad(set_to_none=True)

@@ -6,4 +6,4 @@ ATTRIBUTES = [
     "category", "subcategory", "article_type", "color", "pattern",
     "material", "style", "gender", "usage", "season",
 ]
-PRECISIONS = ["auto", "fp32", "bf16", "fp16"]  # auto: bf16 on CUDA, fp32 on CPU
+PRECISIONS = ["auto", "fp32", "bf16", "fp16"]  # auto: bf16 on CUDA and on CPUs with native bf16, else fp32

@@ -27,7 +27,11 @@ def evaluate(model, samples: Sequence[dict], batch_size: int = 128) -> dict[str,
 
 
 def train(model, samples: Sequence[dict], cfg: dict, seed: int, live=None) -> dict:
-    """Add a LoRA adapter and train with MultipleNegativesRankingLoss (scale = 1 / temperature)."""
+    """Add a LoRA adapter and train with MultipleNegativesRankingLoss (scale = 1 / temperature),
+    in `cfg["precision"]` (the Trainer's own autocast)."""
+    import torch
+
+    from catalog_search.core.device import resolve_precision
     from datasets import Dataset
     from sentence_transformers import losses
     from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
@@ -40,13 +44,16 @@ def train(model, samples: Sequence[dict], cfg: dict, seed: int, live=None) -> di
     set_seed(seed)  # before the adapter exists: LoRA's A matrices are drawn at creation
     model.add_adapter(text_lora_config(cfg["lora"]))
     loss = losses.MultipleNegativesRankingLoss(model, scale=1.0 / cfg["temperature"])
+    gpu = torch.cuda.is_available()
+    precision = resolve_precision(torch.device("cuda" if gpu else "cpu"), cfg["precision"])
     with tempfile.TemporaryDirectory() as tmp:
         args = SentenceTransformerTrainingArguments(
             output_dir=tmp, num_train_epochs=cfg["epochs"], per_device_train_batch_size=cfg["batch_size"],
             learning_rate=cfg["lr"], warmup_steps=float(cfg["warmup_fraction"]), lr_scheduler_type="linear",
             max_grad_norm=cfg["grad_clip"], weight_decay=cfg["weight_decay"], seed=seed, data_seed=seed,
             batch_sampler=BatchSamplers.NO_DUPLICATES, save_strategy="no", report_to="none",
-            logging_steps=cfg["log_every"], disable_tqdm=True, use_cpu=not _has_gpu(), dataloader_drop_last=True)
+            logging_steps=cfg["log_every"], disable_tqdm=True, use_cpu=not gpu, dataloader_drop_last=True,
+            bf16=precision == "bf16", fp16=precision == "fp16")
         callbacks = [_dvclive_callback(live)] if live is not None else []
         trainer = SentenceTransformerTrainer(model=model, args=args, loss=loss, callbacks=callbacks,
                                              train_dataset=Dataset.from_dict({"anchor": anchors, "positive": positives}))
@@ -55,12 +62,6 @@ def train(model, samples: Sequence[dict], cfg: dict, seed: int, live=None) -> di
     return {"pairs": len(anchors), "steps": result.global_step, "train_seconds": round(result.metrics["train_runtime"], 2),
             "final_loss": round(result.training_loss, 4), **sizes,
             "trainable_fraction": round(sizes["trainable_params"] / sizes["base_params"], 6)}
-
-
-def _has_gpu() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _dvclive_callback(live):

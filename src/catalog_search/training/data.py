@@ -12,7 +12,7 @@ import torchvision.transforms as T
 from catalog_search.core.device import autocast, eval_mode
 from catalog_search.core.towers import Prefix, find_towers, project
 from catalog_search.evaluation import caption_positives
-from catalog_search.models.encode import encode
+from catalog_search.models.encode import by_length, encode, unsort
 from catalog_search.shards import decode_image
 from catalog_search.training.distributed import World, gather_rows
 
@@ -73,10 +73,12 @@ class SplitEncoder:
 
     def __init__(self, model: nn.Module, preprocess: Callable, tokenizer: Callable, samples: Sequence[dict],
                  frozen: set[str], device: torch.device, batch_size: int, world: World = World(),
-                 workers: int = 0, cache: bool = True, prefix: dict[str, Prefix] | None = None):
+                 workers: int = 0, cache: bool = True, prefix: dict[str, Prefix] | None = None,
+                 precision: str = "auto"):
         self.model, self.preprocess, self.tokenizer = model, preprocess, tokenizer
         self.to_pixels, self.normalize = split_preprocess(preprocess)
         self.device, self.batch_size, self.world, self.workers = device, batch_size, world, workers
+        self.precision = precision  # of the cached features: the training's
         self.images = [s["image"] for s in samples]
         self.texts, self.image_to_text, self.text_to_image = caption_positives([s["captions"] for s in samples])
         # variants and near-duplicate photos share a group (clean's dedupe); a product without one is its own
@@ -95,7 +97,7 @@ class SplitEncoder:
             items = self.images if tower == "image" else self.texts
             part = world.split(len(items))
             local = encode(model, tower, items[part], self._input(tower), batch_size, device, projected=False,
-                           desc=f"cache frozen {tower} features")
+                           desc=f"cache frozen {tower} features", precision=precision)
             self.cache[tower] = gather_rows(local, len(items), world)
         for tower, cut in sorted(self.prefix.items()):
             items = self.images if tower == "image" else self.texts
@@ -106,9 +108,12 @@ class SplitEncoder:
 
     @torch.no_grad()
     def _prefix_states(self, tower: str, cut: Prefix, items: Sequence) -> torch.Tensor:
-        """`cut.run` over items in batches; text states padded back to the tokenizer's width."""
+        """`cut.run` over items in batches (texts by length); text states padded back to the
+        tokenizer's width."""
+        order = by_length(items)
+        items = items if order is None else [items[i] for i in order]
         out = []
-        with eval_mode(self.model), autocast(self.device):
+        with eval_mode(self.model), autocast(self.device, self.precision):
             for start in range(0, len(items), self.batch_size):
                 batch = items[start:start + self.batch_size]
                 if tower == "image":
@@ -117,7 +122,7 @@ class SplitEncoder:
                 tokens = self.tokenizer(list(batch))
                 states = cut.run(self._token_rows(tokens)).float().cpu()
                 out.append(F.pad(states, (0, 0, 0, tokens.shape[1] - states.shape[1])))
-        return torch.cat(out) if out else torch.empty(0)
+        return unsort(torch.cat(out), order) if out else torch.empty(0)
 
     def _input(self, tower: str) -> Callable:
         if tower == "image":
@@ -196,7 +201,10 @@ class SplitEncoder:
 
     @torch.no_grad()
     def embed_all(self, tower: str) -> np.ndarray:
-        return self.embed_rows(tower, np.arange(len(self.images) if tower == "image" else len(self.texts)))
+        if tower == "image":
+            return self.embed_rows(tower, np.arange(len(self.images)))
+        order = by_length(self.texts)
+        return unsort(torch.from_numpy(self.embed_rows(tower, np.asarray(order, dtype=int))), order).numpy()
 
     @torch.no_grad()
     def embed_rows(self, tower: str, rows: np.ndarray) -> np.ndarray:

@@ -128,7 +128,7 @@ def train(bundle: ModelBundle, scenario: Scenario, train_samples: list[dict], va
     prefix = {t: cut for t in ("image", "text") if scenario.tower_mode(t) == "lora"
               and (cut := frozen_prefix(model, towers[t], cfg["lora"][f"{t}_last_blocks"]))}
     enc_args = dict(frozen=frozen, prefix=prefix, device=device, batch_size=micro, world=world,
-                    cache=cfg["feature_cache"])
+                    cache=cfg["feature_cache"], precision=precision)
     val_enc = SplitEncoder(model, bundle.preprocess, bundle.tokenizer, val_samples, **enc_args)
     total_from_epochs = cfg["epochs"] * (len(train_samples) // bs)
     total = cfg["max_steps"] or total_from_epochs

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from catalog_search.core.adapters import trainable_summary
 from catalog_search.core.backbones import backbone_features, build_backbone
+from catalog_search.core.device import autocast
 from catalog_search.core.labels import LabelSet, MISSING, known
 from catalog_search.core.names import parse_name
 from catalog_search.vlm.model import AttributeVLM
@@ -97,11 +98,12 @@ def fit(model: AttributeVLM, template: JsonTemplate, labels: LabelSet, rows: Seq
                 schedule(step)
                 batch = order[k:k + cfg["batch_size"]]
                 x = features[batch].to(device)
-                if phase == "align":
-                    loss = tag_loss(model, x, {a: t[batch] for a, t in targets.items()})
-                else:
-                    ids, answer, mask = (t.to(device) for t in collate(template, [rows[i] for i in batch], labels))
-                    loss = model(x, ids, answer, mask)
+                with autocast(device, cfg["precision"]):
+                    if phase == "align":
+                        loss = tag_loss(model, x, {a: t[batch] for a, t in targets.items()})
+                    else:
+                        ids, answer, mask = (t.to(device) for t in collate(template, [rows[i] for i in batch], labels))
+                        loss = model(x, ids, answer, mask)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, cfg["grad_clip"])

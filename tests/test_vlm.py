@@ -202,6 +202,23 @@ def test_extraction_targets_rows_with_a_gap():
     assert needs_extraction(rows, ["color"]) == [1]
 
 
+def test_a_first_load_that_converts_the_model_starts_training_from_the_same_weights(demo_shards, cfg, monkeypatch):
+    """The packaged GGUF is converted on a machine's first load, which draws random numbers; the
+    fresh LoRA and projector must not depend on it (a fresh clone's numbers equal a second run's)."""
+    import catalog_search.vlm.build as vlm_build
+
+    _, rows = demo_shards
+    labels = LabelSet.fit(rows.to_dict("records")[:48], {a: [] for a in ATTRS}, 2, "none")
+    cached, _, _ = build(cfg, labels, 8, cache_dir(cfg["cache_dir"]))
+    load = vlm_build.load_language_model
+    monkeypatch.setattr(vlm_build, "load_language_model", lambda *a, **k: (load(*a, **k), torch.rand(1000))[0])
+    converting, _, _ = build(cfg, labels, 8, cache_dir(cfg["cache_dir"]))
+    fresh = [(n, p) for n, p in cached.named_parameters() if p.requires_grad]
+    assert any("lora_A" in n for n, _ in fresh) and any(not n.startswith("lm.") for n, _ in fresh)
+    for (name, p), q in zip(fresh, [p for p in converting.parameters() if p.requires_grad]):
+        assert torch.equal(p, q), name
+
+
 def test_layers_keep_the_first_decoder_layers():
     from catalog_search.vlm.language import load_language_model
 

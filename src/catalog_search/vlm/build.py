@@ -56,6 +56,9 @@ def build(cfg: dict, labels: LabelSet, feature_dim: int, cache_dir: Path, tune: 
     tokenizer = load_tokenizer(cfg["language"], cache_dir)
     torch.manual_seed(cfg["seed"])  # a tiny test model is random: the same seed rebuilds the same base
     lm = load_language_model(cfg["language"], cache_dir, len(tokenizer), cfg["layers"])
+    # the first load converts the GGUF, which draws random numbers: LoRA and the projector must start
+    # the same on a fresh machine as on one with the converted model cached
+    torch.manual_seed(cfg["seed"])
     if tune:
         lm = add_lora(lm, cfg["lora"])
     elif adapter is not None:  # merged: no LoRA detour per layer at inference

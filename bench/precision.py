@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from _common import build, parser, samples
 
 from catalog_search.config import load_config
-from catalog_search.core.device import autocast
+from catalog_search.core.device import autocast, native_bf16
 from catalog_search.core.labels import LabelSet
 from catalog_search.training.data import SplitEncoder
 from catalog_search.vlm.build import build as build_vlm
@@ -88,7 +88,7 @@ def main() -> None:
         if results["fp32"] is not None:
             row["min_cosine"] = round(float(F.cosine_similarity(results["fp32"], results["bf16"]).min()), 4)
         out[name] = row
-    print(json.dumps({"device": str(device), "bf16_native": torch.ops.mkldnn._is_mkldnn_bf16_supported(),
+    print(json.dumps({"device": str(device), "bf16_native": native_bf16(),
                       "threads": torch.get_num_threads(), **out}, indent=1))
 
 

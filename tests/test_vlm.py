@@ -213,10 +213,11 @@ def test_a_first_load_that_converts_the_model_starts_training_from_the_same_weig
     load = vlm_build.load_language_model
     monkeypatch.setattr(vlm_build, "load_language_model", lambda *a, **k: (load(*a, **k), torch.rand(1000))[0])
     converting, _, _ = build(cfg, labels, 8, cache_dir(cfg["cache_dir"]))
-    fresh = [(n, p) for n, p in cached.named_parameters() if p.requires_grad]
-    assert any("lora_A" in n for n, _ in fresh) and any(not n.startswith("lm.") for n, _ in fresh)
-    for (name, p), q in zip(fresh, [p for p in converting.parameters() if p.requires_grad]):
-        assert torch.equal(p, q), name
+    fresh, other = ({n: p for n, p in m.named_parameters() if p.requires_grad} for m in (cached, converting))
+    assert any("lora_A" in n for n in fresh) and any(not n.startswith("lm.") for n in fresh)
+    assert fresh.keys() == other.keys()
+    for name, p in fresh.items():
+        assert torch.equal(p, other[name]), name
 
 
 def test_layers_keep_the_first_decoder_layers():
